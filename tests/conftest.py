@@ -1,0 +1,106 @@
+"""Shared fixtures: real local Ray clusters (started with `ray start`, bound to 127.0.0.1),
+the real-data folder, small synthetic data."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_dir() -> Path:
+    return Path(os.environ.get("DISTMSFA_REAL_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    d = real_data_dir()
+    if not d.is_dir():
+        pytest.skip(f"real MRI fixtures not found at {d} (set DISTMSFA_REAL_DATA)")
+    return d
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _loopback_only() -> bool:
+    """True inside a network namespace whose only interface is loopback (tests/isolated.sh)."""
+    try:
+        return {name for _, name in socket.if_nameindex()} <= {"lo"}
+    except OSError:
+        return False
+
+
+def _ray_bin() -> str:
+    exe = Path(sys.executable).with_name("ray")
+    return str(exe) if exe.exists() else (shutil.which("ray") or "ray")
+
+
+class LocalCluster:
+    """A real Ray cluster of one or more nodes on 127.0.0.1, started with `ray start`."""
+
+    def __init__(self, tmp: Path, num_cpus: int = 4, extra_nodes: int = 0) -> None:
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.tmp = tmp
+        # Short temp dir: Ray's unix socket paths must stay under 108 characters.
+        self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+        self.env.pop("RAY_ADDRESS", None)
+        # Inside the loopback-only network namespace of tests/isolated.sh Ray picks 127.0.0.1
+        # by itself; outside it a single node is pinned to loopback by this variable.
+        if not _loopback_only():
+            self.env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+            if extra_nodes:
+                pytest.skip("multi-node tests need the loopback-only namespace: run via tests/isolated.sh")
+        common = [f"--num-cpus={num_cpus}", "--disable-usage-stats"]
+        self._run(
+            [_ray_bin(), "start", "--head", f"--port={self.port}", "--include-dashboard=true",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={_free_port()}",
+             f"--ray-client-server-port={_free_port()}", f"--temp-dir={tmp}", *common]
+        )
+        for _ in range(extra_nodes):
+            self._run([_ray_bin(), "start", f"--address={self.address}", *common])
+
+    def _run(self, cmd: list[str]) -> None:
+        subprocess.run(cmd, check=True, env=self.env, capture_output=True, timeout=180)
+
+    def stop(self) -> None:
+        subprocess.run([_ray_bin(), "stop", "--force"], env=self.env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """One real single-node local cluster for the whole session; yields its address.
+
+    Connect with ``ray.init(address=cluster.address)`` and ``ray.shutdown()`` afterwards."""
+    tmp = Path(f"/tmp/rt{os.getpid()}")
+    tmp.mkdir(exist_ok=True)
+    cluster = LocalCluster(tmp, num_cpus=4)
+    time.sleep(1)
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture()
+def two_node_cluster():
+    """A real two-node cluster (head + one worker node) on loopback; function-scoped.
+
+    Stops the session cluster's processes too (``ray stop`` is machine-wide), so tests that
+    use it run in their own module, marked ``ray`` and ``slow``."""
+    tmp = Path(f"/tmp/rt2n{os.getpid()}")
+    tmp.mkdir(exist_ok=True)
+    cluster = LocalCluster(tmp, num_cpus=2, extra_nodes=1)
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
