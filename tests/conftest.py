@@ -75,7 +75,33 @@ class LocalCluster:
         subprocess.run(cmd, check=True, env=self.env, capture_output=True, timeout=180)
 
     def stop(self) -> None:
-        subprocess.run([_ray_bin(), "stop", "--force"], env=self.env, capture_output=True, timeout=120)
+        """Stop this cluster only (``ray stop`` would kill every Ray on the machine)."""
+        import psutil
+
+        marks = (str(self.tmp), f"127.0.0.1:{self.port}")
+        roots = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if proc.pid != os.getpid() and any(m in cmd for m in marks):
+                roots.append(proc)
+        procs = {p.pid: p for p in roots}
+        for p in roots:
+            try:
+                procs.update({c.pid: c for c in p.children(recursive=True)})
+            except psutil.Error:
+                pass
+        procs.pop(os.getpid(), None)
+        for p in procs.values():
+            try:
+                p.terminate()
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(list(procs.values()), timeout=10)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
 
 
 @pytest.fixture(scope="session")
@@ -96,8 +122,7 @@ def ray_cluster(tmp_path_factory):
 def two_node_cluster():
     """A real two-node cluster (head + one worker node) on loopback; function-scoped.
 
-    Stops the session cluster's processes too (``ray stop`` is machine-wide), so tests that
-    use it run in their own module, marked ``ray`` and ``slow``."""
+    Only works inside tests/isolated.sh (a loopback-only namespace); skips elsewhere."""
     tmp = Path(f"/tmp/rt2n{os.getpid()}")
     tmp.mkdir(exist_ok=True)
     cluster = LocalCluster(tmp, num_cpus=2, extra_nodes=1)
