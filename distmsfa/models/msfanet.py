@@ -1,0 +1,139 @@
+"""MSFANet (paper sec. 1.3) and its ablation Baselines (Tables 5-6), one configurable network.
+
+Layout (strides/widths are config; defaults in brackets, paper input (D, H, W) = (24, 224, 320)):
+
+    x (B, 2, D, H, W) -> T1 and FS stacked along the batch: (2B, 1, D, H, W)
+    shared shallow module: RB(1->w0, s0) -> RB(w0->w1, s1)     [16, 64; (1,2,2), (2,2,2)]
+    split back into T1 and FS features f1, f2 (weights shared, one pass over 2B)
+    T1 branch:  a1 = RB(w1->w2, s2)(f1);  RB(w2->w3, s3)(a1) -> head "t1"      [128, 256]
+    FS branch:  a2 = RB(w1->w2, s2)(f2);  RB(w2->w3, s3)(a2) -> head "fs"
+    Fuse branch: z1 = MSFA(Q=a1, KV=a2), z2 = MSFA(Q=a2, KV=a1)   (tokens at stride (2,8,8):
+                 12*28*40 = 13,440 at the paper size), RB(2*w2->w3, s3)(cat(z1, z2)) -> head "fuse"
+
+Baseline (``fusion='concat'``) is the same network with ``z1, z2 = a1, a2`` (concatenation
+instead of MSFA).  With ``alpha_init=0`` MSFANet starts exactly as its Baseline.
+Single-sequence Baselines (``sequences=('t1',)``) keep the shallow module, the sequence
+branch (head named after the sequence) and the fuse-branch block over that sequence alone
+(head "fuse", the primary), so 'bce' and 'hybrid' mean the same as for the two-sequence nets.
+
+Any input size works (convs pad; odd sizes round up); sizes divisible by the total stride
+``prod(strides)`` [(4, 16, 16)] keep Grad-CAM maps aligned voxel-for-voxel.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from distmsfa.config import Config, require
+from distmsfa.models.base import MultiSequenceModel
+from distmsfa.models.blocks import Head, ResBlock3d, build_config, check_triples, total_stride
+from distmsfa.models.losses import LOSS_KINDS, make_loss
+from distmsfa.models.msfa import MSFA
+from distmsfa.models.registry import register_model
+
+_SEQ_SETS = (("t1", "fs"), ("t1",), ("fs",))
+
+
+@dataclasses.dataclass(frozen=True)
+class MSFANetConfig(Config):
+    widths: tuple[int, int, int, int] = (16, 64, 128, 256)
+    strides: tuple[tuple[int, int, int], ...] = ((1, 2, 2), (2, 2, 2), (1, 2, 2), (2, 2, 2))
+    fusion: str = "msfa"  # 'msfa' (MSFANet) | 'concat' (Baseline)
+    sequences: tuple[str, ...] = ("t1", "fs")
+    attn_dim: int = 64  # d of Q, K (and V, see msfa.py); head_dim = attn_dim / attn_heads
+    attn_heads: int = 2
+    alpha_init: float = 0.0
+    loss: str = "hybrid"  # hybrid | equal | fuse_only | bce
+    log_weight_bound: float = 3.0
+    prediction: str = "primary"  # primary (fuse head) | mean (of heads)
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        n = type(self).__name__
+        require(len(self.widths) == 4 and all(isinstance(w, int) and w > 0 for w in self.widths), n,
+                f"widths must be 4 positive ints (shallow1, shallow2, branch1, branch2), got {self.widths!r}")
+        check_triples(n, "strides", self.strides, 4)
+        require(self.fusion in ("msfa", "concat"), n, f"fusion must be 'msfa' or 'concat', got {self.fusion!r}")
+        require(tuple(self.sequences) in _SEQ_SETS, n,
+                f"sequences must be one of {_SEQ_SETS}, got {self.sequences!r}")
+        require(self.fusion == "concat" or len(self.sequences) == 2, n,
+                "MSFA fusion needs both sequences; use fusion='concat' for a single-sequence Baseline")
+        require(self.attn_dim > 0 and self.attn_heads > 0 and self.attn_dim % self.attn_heads == 0, n,
+                f"attn_dim ({self.attn_dim}) must be a positive multiple of attn_heads ({self.attn_heads})")
+        require(self.loss in LOSS_KINDS, n, f"loss must be one of {LOSS_KINDS}, got {self.loss!r}")
+        require(self.log_weight_bound > 0, n, f"log_weight_bound must be > 0, got {self.log_weight_bound}")
+        require(self.prediction in ("primary", "mean"), n, f"prediction must be 'primary' or 'mean', got {self.prediction!r}")
+        require(0.0 <= self.dropout < 1.0, n, f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def total_stride(self) -> tuple[int, int, int]:
+        return total_stride(self.strides)
+
+
+PRESETS = {
+    "default": {},
+    # For CPU tests and the demo: ~60k parameters, seconds per epoch at (8, 48, 64).
+    "tiny": {"widths": (4, 8, 16, 16), "attn_dim": 16, "attn_heads": 1},
+}
+
+
+class MSFANet(MultiSequenceModel):
+    def __init__(self, cfg: MSFANetConfig) -> None:
+        heads = ("fuse",) + tuple(cfg.sequences)
+        super().__init__(make_loss(cfg.loss, heads, "fuse", cfg.log_weight_bound), cfg.prediction)
+        self.cfg = cfg
+        self.sequences = tuple(cfg.sequences)
+        w0, w1, w2, w3 = cfg.widths
+        s0, s1, s2, s3 = cfg.strides
+        self.shallow = nn.Sequential(ResBlock3d(1, w0, s0), ResBlock3d(w0, w1, s1))
+        self.branch1 = nn.ModuleDict({s: ResBlock3d(w1, w2, s2) for s in self.sequences})
+        self.branch2 = nn.ModuleDict({s: ResBlock3d(w2, w3, s3) for s in self.sequences})
+        self.msfa = None
+        if cfg.fusion == "msfa":
+            # msfa["t1"]: queries from T1, keys/values from FS; msfa["fs"]: the other direction.
+            self.msfa = nn.ModuleDict({s: MSFA(w2, cfg.attn_dim, cfg.attn_heads, cfg.alpha_init) for s in self.sequences})
+        self.fuse_block = ResBlock3d(w2 * len(self.sequences), w3, s3)
+        self.heads = nn.ModuleDict({h: Head(w3, cfg.dropout) for h in heads})
+
+    @property
+    def head_names(self):
+        return tuple(self.heads)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        b = x.shape[0]
+        stacked = torch.cat([self.select(x, s) for s in self.sequences], 0)
+        f = self.shallow(stacked).split(b, 0)
+        a = {s: self.branch1[s](fs) for s, fs in zip(self.sequences, f)}
+        out = {s: self.heads[s](self.branch2[s](a[s])) for s in self.sequences}
+        if self.msfa is not None:
+            t1, fs = a["t1"], a["fs"]
+            z = [self.msfa["t1"](t1, fs), self.msfa["fs"](fs, t1)]
+        else:
+            z = [a[s] for s in self.sequences]
+        fused = self.fuse_block(torch.cat(z, 1) if len(z) > 1 else z[0])
+        return {"fuse": self.heads["fuse"](fused), **out}
+
+    def gradcam_layers(self) -> dict[str, nn.Module]:
+        layers = {s: self.branch2[s].conv2 for s in self.sequences}
+        return {**layers, "fuse": self.fuse_block.conv2}
+
+
+def _factory(defaults: dict):
+    def make(**cfg) -> MSFANet:
+        return MSFANet(build_config(MSFANetConfig, PRESETS, {**defaults, **cfg}))
+
+    return make
+
+
+# One registered name per row of the paper's tables (docs/models.md maps them).
+for _name, _defaults in {
+    "msfanet": {"fusion": "msfa", "loss": "hybrid"},            # Tables 3-6 "MSFANet"
+    "msfanet_bce": {"fusion": "msfa", "loss": "bce"},           # Table 5 MSFANet + BCE
+    "baseline": {"fusion": "concat", "loss": "bce"},            # Table 5 Baseline + BCE = Table 6 Baseline^TF
+    "baseline_hybrid": {"fusion": "concat", "loss": "hybrid"},  # Table 5 Baseline + hybrid
+    "baseline_t1": {"fusion": "concat", "loss": "bce", "sequences": ("t1",)},  # Table 6
+    "baseline_fs": {"fusion": "concat", "loss": "bce", "sequences": ("fs",)},  # Table 6
+}.items():
+    register_model(_name)(_factory(_defaults))
