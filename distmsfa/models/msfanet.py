@@ -12,6 +12,8 @@ Layout (strides/widths are config; defaults in brackets, paper input (D, H, W) =
 
 Baseline (``fusion='concat'``) is the same network with ``z1, z2 = a1, a2`` (concatenation
 instead of MSFA).  With ``alpha_init=0`` MSFANet starts exactly as its Baseline.
+With ``loss='bce'`` (= 'fuse_only') the T1/FS heads and the blocks only they use are not
+built (they would never learn); their Grad-CAM layer is then the branch's first block.
 Single-sequence Baselines (``sequences=('t1',)``) keep the shallow module, the sequence
 branch (head named after the sequence) and the fuse-branch block over that sequence alone
 (head "fuse", the primary), so 'bce' and 'hybrid' mean the same as for the two-sequence nets.
@@ -81,7 +83,11 @@ PRESETS = {
 
 class MSFANet(MultiSequenceModel):
     def __init__(self, cfg: MSFANetConfig) -> None:
-        heads = ("fuse",) + tuple(cfg.sequences)
+        # With a fuse-only loss the sequence heads would get no gradient: leave them (and the
+        # second branch blocks feeding them) out rather than carry parameters that never learn
+        # (and break DDP's unused-parameter check).
+        self.deep_supervision = cfg.loss not in ("fuse_only", "bce")
+        heads = ("fuse",) + (tuple(cfg.sequences) if self.deep_supervision else ())
         super().__init__(make_loss(cfg.loss, heads, "fuse", cfg.log_weight_bound), cfg.prediction)
         self.cfg = cfg
         self.sequences = tuple(cfg.sequences)
@@ -89,7 +95,8 @@ class MSFANet(MultiSequenceModel):
         s0, s1, s2, s3 = cfg.strides
         self.shallow = nn.Sequential(ResBlock3d(1, w0, s0), ResBlock3d(w0, w1, s1))
         self.branch1 = nn.ModuleDict({s: ResBlock3d(w1, w2, s2) for s in self.sequences})
-        self.branch2 = nn.ModuleDict({s: ResBlock3d(w2, w3, s3) for s in self.sequences})
+        self.branch2 = nn.ModuleDict(
+            {s: ResBlock3d(w2, w3, s3) for s in self.sequences} if self.deep_supervision else {})
         self.msfa = None
         if cfg.fusion == "msfa":
             # msfa["t1"]: queries from T1, keys/values from FS; msfa["fs"]: the other direction.
@@ -106,7 +113,7 @@ class MSFANet(MultiSequenceModel):
         stacked = torch.cat([self.select(x, s) for s in self.sequences], 0)
         f = self.shallow(stacked).split(b, 0)
         a = {s: self.branch1[s](fs) for s, fs in zip(self.sequences, f)}
-        out = {s: self.heads[s](self.branch2[s](a[s])) for s in self.sequences}
+        out = {s: self.heads[s](self.branch2[s](a[s])) for s in self.branch2}
         if self.msfa is not None:
             t1, fs = a["t1"], a["fs"]
             z = [self.msfa["t1"](t1, fs), self.msfa["fs"](fs, t1)]
@@ -116,7 +123,8 @@ class MSFANet(MultiSequenceModel):
         return {"fuse": self.heads["fuse"](fused), **out}
 
     def gradcam_layers(self) -> dict[str, nn.Module]:
-        layers = {s: self.branch2[s].conv2 for s in self.sequences}
+        # A branch's last conv: its second block, or its first where the loss leaves that out.
+        layers = {s: (self.branch2[s] if s in self.branch2 else self.branch1[s]).conv2 for s in self.sequences}
         return {**layers, "fuse": self.fuse_block.conv2}
 
 
