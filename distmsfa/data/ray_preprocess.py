@@ -1,0 +1,48 @@
+"""Ray Data adapter for preprocessing: the only module of the data stage that imports Ray.
+
+One block per case (so a slow case never holds others back), ``map`` with one CPU per
+task; results stream back to the driver with ``iter_rows`` as they finish.
+``process_case`` never raises, and ``max_errored_blocks`` lets Ray Data skip a block
+whose worker died (e.g. a native crash in a reader): the driver reports such a case as
+failed instead of losing the whole run.
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+from distmsfa.data.case import process_case
+
+
+def _map_row(row: dict) -> dict:
+    return process_case(json.loads(row["task"]))
+
+
+def run_tasks_ray(tasks: list[dict], *, address: str | None = None, num_workers: int | None = None) -> Iterator[dict]:
+    """Run ``process_case`` over ``tasks`` on Ray Data; yield result dicts as they finish.
+
+    Connects to ``address`` (or a running Ray); starts a local Ray when none runs, and
+    shuts down only a Ray it started itself."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False, include_dashboard=False,
+                 configure_logging=False) if address is None else ray.init(address=address, log_to_driver=False)
+        started = True
+    try:
+        if not tasks:
+            return
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # the driver shows one rich bar over cases
+        ctx.max_errored_blocks = len(tasks)
+        ctx.execution_options.preserve_order = False
+        ds = ray.data.from_items([{"task": json.dumps(t)} for t in tasks], override_num_blocks=len(tasks))
+        cpus = int(ray.available_resources().get("CPU", 1)) or 1
+        conc = max(1, min(num_workers or cpus, len(tasks)))
+        ds = ds.map(_map_row, num_cpus=1, concurrency=conc)
+        for row in ds.iter_rows():
+            yield dict(row)
+    finally:
+        if started:
+            ray.shutdown()

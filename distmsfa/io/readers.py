@@ -1,0 +1,148 @@
+"""SimpleITK readers: NIfTI (.nii/.nii.gz), NRRD, MHA/MHD and DICOM folders or files.
+
+Every reader returns a 3-D ``sitk.Image`` whose spacing, origin and direction are the
+file's own (nothing is reset), plus the SHA-256 of the source bytes used for resuming.
+A singleton 4th axis is squeezed (the 3 spatial axes keep their geometry); a real 4-D
+image, a 2-D image and multi-component pixels are refused with a one-line reason.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import SimpleITK as sitk
+
+from distmsfa.io import dicom, uris
+from distmsfa.io.errors import ImageReadError
+
+#: File suffixes read as single files (anything else that is a folder is read as DICOM).
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedImage:
+    image: sitk.Image
+    sha256: str
+    source: str  # the path or URI as resolved (never logged beyond the case id)
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+    """Geometry from headers only (no voxel reads); spacing/size in SimpleITK (x, y, z) order."""
+
+    size_xyz: tuple[int, ...]
+    spacing_xyz: tuple[float, ...]
+    direction: tuple[float, ...]
+
+
+def _read_file(path: str, what: str) -> sitk.Image:
+    try:
+        return sitk.ReadImage(path)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        hint = next((ln for ln in first if "rror" in ln or "nable" in ln), first[-1] if first else "")
+        raise ImageReadError(
+            f"{what}: cannot read {os.path.basename(path)} (corrupt, truncated or not an image: {hint.strip()[:160]})"
+        ) from None
+
+
+def to_3d(img: sitk.Image, what: str = "image") -> sitk.Image:
+    """Squeeze a singleton 4th axis; refuse 2-D, real 4-D and vector images."""
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageReadError(
+            f"{what}: {img.GetNumberOfComponentsPerPixel()}-component pixels (RGB/vector); a scalar MR image is needed"
+        )
+    dim = img.GetDimension()
+    if dim == 4:
+        size = list(img.GetSize())
+        if size[3] != 1:
+            raise ImageReadError(
+                f"{what}: real 4-D image of size {tuple(size)} (time series or multi-volume); "
+                f"give one 3-D volume"
+            )
+        img = sitk.Extract(img, size[:3] + [0], [0, 0, 0, 0], sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
+        dim = 3
+    if dim != 3:
+        raise ImageReadError(f"{what}: {dim}-D image of size {img.GetSize()}; a 3-D volume is needed")
+    if min(img.GetSize()) < 2:
+        raise ImageReadError(f"{what}: image of size {img.GetSize()} is a single slice (2-D); a 3-D volume is needed")
+    return img
+
+
+def read_image(path: str, series: str | None = None, what: str = "image") -> LoadedImage:
+    """Read one 3-D scalar image as float32 from a file, a DICOM folder or a URI of either."""
+    if not uris.exists(path):
+        raise ImageReadError(f"{what}: file not found: {path if uris.is_uri(path) else os.path.basename(path)}")
+    with uris.local_copy(path) as local:
+        if os.path.isdir(local):
+            info = dicom.select_series(local, series, what)
+            img = dicom.read_series(info, what)
+            digest = uris.sha256_files(list(info.files))
+        else:
+            img = _read_file(local, what)
+            digest = uris.sha256_file(local)
+    img = to_3d(img, what)
+    return LoadedImage(sitk.Cast(img, sitk.sitkFloat32), digest, path)
+
+
+def read_label_map(path: str, what: str = "roi") -> LoadedImage:
+    """Read an ITK-SNAP-style label map (integer labels kept) as uint8."""
+    if not uris.exists(path):
+        raise ImageReadError(f"{what}: file not found: {path if uris.is_uri(path) else os.path.basename(path)}")
+    with uris.local_copy(path) as local:
+        if os.path.isdir(local):
+            info = dicom.select_series(local, None, what)
+            img = dicom.read_series(info, what)
+            digest = uris.sha256_files(list(info.files))
+        else:
+            img = _read_file(local, what)
+            digest = uris.sha256_file(local)
+    img = to_3d(img, what)
+    arr = sitk.GetArrayViewFromImage(img)
+    if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 255 or not np.all(np.mod(arr, 1) == 0):
+        raise ImageReadError(f"{what}: label map must hold integer labels 0..255")
+    return LoadedImage(sitk.Cast(img, sitk.sitkUInt8), digest, path)
+
+
+def read_header(path: str, series: str | None = None) -> Header:
+    """Geometry of a local file or DICOM folder from headers only (for the fingerprint)."""
+    path = uris.strip_file_uri(path)
+    if os.path.isdir(path):
+        info = dicom.select_series(path, series)
+        r = sitk.ImageFileReader()
+        r.SetFileName(info.files[0])
+        r.ReadImageInformation()
+        size, spacing = list(r.GetSize()), list(r.GetSpacing())
+        if len(info.files) > 1:
+            r2 = sitk.ImageFileReader()
+            r2.SetFileName(info.files[1])
+            r2.ReadImageInformation()
+            gap = np.linalg.norm(np.subtract(r2.GetOrigin(), r.GetOrigin()))
+            if len(size) >= 3:
+                size[2] = len(info.files)
+                spacing[2] = float(gap) if gap > 0 else spacing[2]
+        direction = _series_direction(r, info.files)
+        return Header(tuple(size[:3]), tuple(spacing[:3]), direction)
+    r = sitk.ImageFileReader()
+    r.SetFileName(path)
+    r.ReadImageInformation()
+    d = r.GetDimension()
+    direction = np.asarray(r.GetDirection()).reshape(d, d)[:3, :3].ravel()
+    return Header(tuple(r.GetSize()[:3]), tuple(r.GetSpacing()[:3]), tuple(float(v) for v in direction))
+
+
+def _series_direction(r: sitk.ImageFileReader, files: tuple[str, ...]) -> tuple[float, ...]:
+    d = r.GetDimension()
+    direction = np.asarray(r.GetDirection()).reshape(d, d)[:3, :3]
+    return tuple(float(v) for v in direction.ravel())
+
+
+def source_checksum(path: str, series: str | None = None, what: str = "image") -> str:
+    """SHA-256 of a source without decoding it (a DICOM folder: over the selected series)."""
+    if not uris.exists(path):
+        raise ImageReadError(f"{what}: file not found: {path if uris.is_uri(path) else os.path.basename(path)}")
+    with uris.local_copy(path) as local:
+        if os.path.isdir(local):
+            return uris.sha256_files(list(dicom.select_series(local, series, what).files))
+        return uris.sha256_file(local)
