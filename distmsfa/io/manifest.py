@@ -188,7 +188,7 @@ def load_manifest(path: str | os.PathLike[str], *, check_files: bool = True) -> 
         if check_files:
             for col, src in srcs.items():
                 if not uris.is_uri(src) and not os.path.exists(src):
-                    msgs.append(f"{col} file not found: {rec[col]}")
+                    msgs.append(f"{col} file not found: {os.path.basename(src.rstrip('/'))}")
         if msgs:
             problems.extend(RowProblem(i, cid if _CASE_ID.match(cid or "-") else "", m) for m in msgs)
             continue

@@ -61,8 +61,9 @@ def render(img: sitk.Image, which: str, shift_mm=(0.0, 0.0, 0.0), noise: float =
         if which == "roi" and val == 0:
             continue
         out[inside] = val
-    if which != "roi" and noise:
-        out += np.random.default_rng(seed).normal(0, noise, out.shape).astype(np.float32)
+    if which != "roi":
+        if noise:
+            out += np.random.default_rng(seed).normal(0, noise, out.shape).astype(np.float32)
         out = np.clip(out, 0, None) * 1000
     res = sitk.GetImageFromArray(out.astype(np.uint8) if which == "roi" else out.astype(np.int16))
     res.CopyInformation(img)

@@ -36,7 +36,64 @@ class Header:
     direction: tuple[float, ...]
 
 
+def _check_gzip(path: str, what: str) -> None:
+    """ITK's NIfTI reader zero-fills a truncated .gz silently: test the stream ourselves."""
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except (EOFError, OSError, zlib.error) as exc:
+        raise ImageReadError(
+            f"{what}: cannot read {os.path.basename(path)} (truncated or corrupt gzip stream: {exc}); re-export or re-copy the file"
+        ) from None
+
+
+def _nifti_nonfinite(path: str) -> int:
+    """Count NaN/Inf in a float NIfTI-1 file's raw data.
+
+    ITK's NIfTI reader (niftilib) silently replaces NaN/Inf by 0, which would hide a
+    broken export; so the raw voxels are checked here.  0 for other datatypes."""
+    import gzip
+    import struct
+
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        hdr = fh.read(348)
+        if len(hdr) < 348:
+            return 0
+        endian = "<" if struct.unpack("<i", hdr[:4])[0] == 348 else ">"
+        if struct.unpack(endian + "i", hdr[:4])[0] != 348:
+            return 0  # NIfTI-2 or not NIfTI: left to ITK
+        datatype = struct.unpack(endian + "h", hdr[70:72])[0]
+        dtype = {16: "f4", 64: "f8"}.get(datatype)
+        if dtype is None:
+            return 0
+        vox_offset = int(struct.unpack(endian + "f", hdr[108:112])[0])
+        fh.read(max(0, vox_offset - 348))
+        bad = 0
+        item = np.dtype(endian + dtype).itemsize
+        while True:
+            chunk = fh.read(item * (1 << 20))
+            if not chunk:
+                break
+            arr = np.frombuffer(chunk[: len(chunk) // item * item], dtype=endian + dtype)
+            bad += int(arr.size - np.isfinite(arr).sum())
+        return bad
+
+
 def _read_file(path: str, what: str) -> sitk.Image:
+    low = path.lower()
+    if low.endswith(".gz"):
+        _check_gzip(path, what)
+    if low.endswith((".nii", ".nii.gz")):
+        n_bad = _nifti_nonfinite(path)
+        if n_bad:
+            raise ImageReadError(
+                f"{what}: {n_bad} NaN/Inf voxels; fix the export (NaN/Inf are not valid MR intensities)"
+            )
     try:
         return sitk.ReadImage(path)
     except RuntimeError as exc:
