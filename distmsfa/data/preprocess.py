@@ -222,7 +222,11 @@ def preprocess_images(t1: sitk.Image, fs: sitk.Image, roi: Roi, cfg: PreprocessC
     if roi.label_map is not None:
         mask = sample(roi.label_map, sitk.sitkNearestNeighbor, sitk.sitkUInt8)
         if not mask.any():
-            raise ImageReadError("roi: label map lies outside the crop (ROI outside the image grid?)")
+            mm = tuple(round(float(v), 1) for v in np.asarray(cfg.crop_size) * np.asarray(spacing_dhw, float))
+            raise ImageReadError(
+                f"roi: no ROI voxel falls inside the {mm} mm (D,H,W) crop centred on the ROI centroid; "
+                f"the ROI is wider than the crop: enlarge crop_size or the target spacing"
+            )
     elif roi.bbox_mm is not None:
         b = np.asarray(roi.bbox_mm, float)
         allp = _physical_points(size_xyz, spacing_xyz, origin, direction.ravel())

@@ -96,7 +96,8 @@ def local_copy(path: str) -> Iterator[str]:
 
 
 def _download(fs, src: str, dst: str) -> None:
-    with fs.open_input_stream(src) as fin, open(dst, "wb") as fout:
+    # compression=None: pyarrow would otherwise gunzip ".gz" files on the fly
+    with fs.open_input_stream(src, compression=None) as fin, open(dst, "wb") as fout:
         while True:
             chunk = fin.read(_CHUNK)
             if not chunk:
