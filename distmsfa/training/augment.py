@@ -1,0 +1,64 @@
+"""Batch augmentation on the device: one random affine per case applied to both sequences.
+
+The parameters are drawn on the CPU from a ``torch.Generator`` seeded from
+``(seed, epoch, step)``, so a batch is augmented identically whatever transport delivered
+it (plain loop or Ray Data) and whatever device runs the model; the warp itself
+(``affine_grid`` + ``grid_sample``) runs on the batch's device.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+import torch.nn.functional as F
+
+from distmsfa.training.config import AugmentConfig
+
+
+def batch_seed(seed: int, epoch: int, step: int) -> int:
+    """A 63-bit seed for one batch, stable across processes and Python versions."""
+    h = hashlib.blake2b(f"aug:{seed}:{epoch}:{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+def _rand(gen: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)
+
+
+def augment_batch(x: torch.Tensor, cfg: AugmentConfig, seed: int, epoch: int, step: int) -> torch.Tensor:
+    """Augment ``x`` ``(B, 2, D, H, W)`` in [0, 1]; returns a new tensor of the same shape/dtype.
+
+    Geometry (shared by T1 and FS): left-right flip (W), in-plane rotation about the D
+    axis, isotropic zoom; border padding is zero (background).  Intensity: per case and
+    per sequence ``x * (1 + a) + b``, clipped back to [0, 1]."""
+    if not cfg.enabled:
+        return x
+    if x.dim() != 5 or x.shape[1] != 2:
+        raise ValueError(f"augment_batch expects (B, 2, D, H, W), got {tuple(x.shape)}")
+    b = x.shape[0]
+    gen = torch.Generator().manual_seed(batch_seed(seed, epoch, step))
+    flip = torch.rand(b, generator=gen, dtype=torch.float64) < cfg.flip_prob
+    angle = _rand(gen, b, -cfg.rotate_deg, cfg.rotate_deg) * (math.pi / 180.0)
+    zoom = _rand(gen, b, 1.0 - cfg.scale, 1.0 + cfg.scale)
+    gain = _rand(gen, 2 * b, -cfg.intensity_scale, cfg.intensity_scale).view(b, 2)
+    shift = _rand(gen, 2 * b, -cfg.intensity_shift, cfg.intensity_shift).view(b, 2)
+
+    # affine_grid's theta maps output coords (x=W, y=H, z=D; normalised) to input coords.
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    sx = torch.where(flip, -1.0, 1.0).double()
+    theta = torch.zeros(b, 3, 4, dtype=torch.float64)
+    theta[:, 0, 0] = cos * sx
+    theta[:, 0, 1] = -sin
+    theta[:, 1, 0] = sin * sx
+    theta[:, 1, 1] = cos
+    theta[:, 2, 2] = 1.0  # no zoom/rotation across the thick-slice axis D
+    needs_warp = bool(cfg.rotate_deg > 0 or cfg.scale > 0 or flip.any())
+    out = x
+    if needs_warp:
+        work = x.float()
+        grid = F.affine_grid(theta.to(device=x.device, dtype=work.dtype), list(work.shape), align_corners=False)
+        out = F.grid_sample(work, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = out.float() * (1.0 + gain.to(out.device, torch.float32).view(b, 2, 1, 1, 1))
+    out = out + shift.to(out.device, torch.float32).view(b, 2, 1, 1, 1)
+    return out.clamp_(0.0, 1.0).to(x.dtype)

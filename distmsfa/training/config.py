@@ -1,0 +1,123 @@
+"""Typed configs of one fold's training (:class:`TrainConfig`) and of a CV run (:class:`CVConfig`).
+
+YAML lives at the edge only (``tune_configs/*.yaml``, ``--config FILE``, the embedded
+profiles in :mod:`distmsfa.training.profiles`); a file has two sections, ``train:`` and
+``cv:``, mapped onto these two classes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+from typing import Any, Optional
+
+from distmsfa.config import Config, require
+
+PRECISIONS = ("auto", "fp32", "bf16")
+THRESHOLD_POLICIES = ("fixed", "youden")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig(Config):
+    """Batch augmentation on the device, identical geometry for T1 and FS of a case.
+
+    ``flip_prob``: probability of a left-right flip (array axis W; the sacroiliac joints
+    are near-symmetric so a flip yields a plausible case).  ``rotate_deg``: max in-plane
+    rotation (about the D axis, the coronal slab's normal).  ``scale``: max relative
+    isotropic zoom.  ``intensity_scale`` / ``intensity_shift``: max per-sequence
+    multiplicative / additive jitter (each sequence draws its own, since the two come
+    from different acquisitions)."""
+
+    enabled: bool = True
+    flip_prob: float = 0.5
+    rotate_deg: float = 10.0
+    scale: float = 0.1
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.05
+
+    def __post_init__(self) -> None:
+        n = type(self).__name__
+        require(0.0 <= self.flip_prob <= 1.0, n, f"flip_prob={self.flip_prob} must be in [0, 1]")
+        require(0.0 <= self.rotate_deg <= 45.0, n, f"rotate_deg={self.rotate_deg} must be in [0, 45] (small rotations)")
+        require(0.0 <= self.scale < 0.5, n, f"scale={self.scale} must be in [0, 0.5)")
+        require(0.0 <= self.intensity_scale < 1.0, n, f"intensity_scale={self.intensity_scale} must be in [0, 1)")
+        require(0.0 <= self.intensity_shift < 1.0, n, f"intensity_shift={self.intensity_shift} must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Config):
+    """One fold's training.  Defaults are the paper's (Adam, lr 1e-4, wd 1e-4, batch 6, 300 epochs).
+
+    ``precision``: ``auto`` = bf16 autocast + channels_last_3d on CUDA, fp32 on CPU.
+    ``threshold``: ``fixed`` (``threshold_value``, 0.5) or ``youden`` (Youden's J on the
+    out-of-fold predictions, applied when the CV summary is computed; per-epoch metrics
+    always use ``threshold_value``).  ``num_threads``: torch intra-op threads per worker
+    (None = leave torch's default; the CV runner sets cores / parallel folds).
+    ``deterministic``: ``torch.use_deterministic_algorithms(True, warn_only=True)``."""
+
+    model: str = "msfanet"
+    model_cfg: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 300
+    batch_size: int = 6
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    grad_clip: Optional[float] = None
+    seed: int = 0
+    precision: str = "auto"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    threshold: str = "fixed"
+    threshold_value: float = 0.5
+    num_threads: Optional[int] = None
+    deterministic: bool = True
+
+    def __post_init__(self) -> None:
+        n = type(self).__name__
+        require(isinstance(self.model, str) and bool(self.model), n, "model must be a registry name (see `distmsfa models`)")
+        require(isinstance(self.model_cfg, dict), n, "model_cfg must be a mapping of model keyword arguments")
+        require(isinstance(self.epochs, int) and self.epochs >= 1, n, f"epochs={self.epochs!r} must be an integer >= 1")
+        require(isinstance(self.batch_size, int) and self.batch_size >= 2, n,
+                f"batch_size={self.batch_size!r} must be an integer >= 2 (BatchNorm needs two cases)")
+        require(self.lr > 0, n, f"lr={self.lr} must be > 0 (paper: 1e-4)")
+        require(self.weight_decay >= 0, n, f"weight_decay={self.weight_decay} must be >= 0 (paper: 1e-4)")
+        require(self.grad_clip is None or self.grad_clip > 0, n, f"grad_clip={self.grad_clip} must be > 0 or null")
+        require(self.precision in PRECISIONS, n, f"precision={self.precision!r}; use one of {PRECISIONS}")
+        require(self.threshold in THRESHOLD_POLICIES, n, f"threshold={self.threshold!r}; use one of {THRESHOLD_POLICIES}")
+        require(0.0 < self.threshold_value < 1.0, n, f"threshold_value={self.threshold_value} must be in (0, 1)")
+        require(self.num_threads is None or self.num_threads >= 1, n, f"num_threads={self.num_threads} must be >= 1 or null")
+        require(isinstance(self.augment, AugmentConfig), n, "augment must be a mapping of AugmentConfig keys")
+
+
+@dataclasses.dataclass(frozen=True)
+class CVConfig(Config):
+    """How a CV run is laid onto the cluster.
+
+    ``folds``: which folds to run (None = all in folds.parquet).  ``gpus_per_fold``: GPU
+    share of a fold's worker; 1.0 = one GPU each, 0.5 = two folds share a GPU (only when
+    asked).  ``cpus_per_fold``: CPUs reserved by a fold's worker.  ``data_cpus``: CPU
+    share of each Ray Data loading task (small, so loading is never starved by the
+    workers).  ``max_parallel``: cap on folds running at once (None = what the cluster
+    fits).  ``max_failures``: worker failures a fold recovers from (from its last
+    checkpoint).  ``materialize_val``: keep each fold's validation pairs in the object
+    store instead of re-reading them every epoch.  ``read_concurrency``: cap on a fold's
+    parallel Ray Data read tasks (None = Ray Data decides; each task is a process)."""
+
+    folds: Optional[tuple[int, ...]] = None
+    gpus_per_fold: float = 1.0
+    cpus_per_fold: float = 1.0
+    data_cpus: float = 0.25
+    max_parallel: Optional[int] = None
+    max_failures: int = 3
+    materialize_val: bool = True
+    read_concurrency: Optional[int] = 2
+
+    def __post_init__(self) -> None:
+        n = type(self).__name__
+        require(self.folds is None or (len(self.folds) > 0 and all(isinstance(f, int) and f >= 0 for f in self.folds)),
+                n, f"folds={self.folds!r} must be a non-empty list of fold numbers, e.g. [0, 1, 2, 3]")
+        require(self.folds is None or len(set(self.folds)) == len(self.folds), n, f"folds={self.folds!r} repeats a fold")
+        require(0 < self.gpus_per_fold <= 8, n, f"gpus_per_fold={self.gpus_per_fold} must be in (0, 8]; 0.5 = two folds per GPU")
+        require(self.cpus_per_fold > 0, n, f"cpus_per_fold={self.cpus_per_fold} must be > 0")
+        require(0 < self.data_cpus <= 4, n, f"data_cpus={self.data_cpus} must be in (0, 4]")
+        require(self.max_parallel is None or self.max_parallel >= 1, n, f"max_parallel={self.max_parallel} must be >= 1 or null")
+        require(self.read_concurrency is None or self.read_concurrency >= 1, n,
+                f"read_concurrency={self.read_concurrency} must be >= 1 or null")
+        require(self.max_failures >= -1, n, f"max_failures={self.max_failures} must be >= 0 (or -1 = unlimited)")

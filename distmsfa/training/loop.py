@@ -1,0 +1,267 @@
+"""The Ray-free training loop: one fold, epoch by epoch.  The plain run and the Ray Train
+worker call :func:`fit_fold` with different :class:`~distmsfa.training.batches.BatchSource`
+and :class:`Reporter` objects; everything else is this code."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+
+from distmsfa.evaluation.metrics import binary_metrics
+from distmsfa.training.augment import augment_batch
+from distmsfa.training.batches import Batch, BatchSource
+from distmsfa.training.config import TrainConfig
+
+BEST_FILE = "best.pt"
+LAST_FILE = "last.pt"
+
+
+class Reporter(Protocol):
+    """Receives every epoch's metrics and the full training state (to checkpoint it)."""
+
+    def on_epoch(self, fold: int, metrics: dict[str, float], state: dict[str, Any], is_best: bool) -> None: ...
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    amp_dtype: Optional[torch.dtype]  # None = fp32
+    channels_last: bool
+
+
+@dataclass
+class EvalOutput:
+    case_ids: list[str]
+    labels: np.ndarray
+    prob: np.ndarray  # model.predict_proba: the prediction used for metrics
+    head_probs: dict[str, np.ndarray]
+    loss: float
+
+    def frame(self, fold: int) -> pd.DataFrame:
+        df = pd.DataFrame({"case_id": self.case_ids, "fold": fold, "label": self.labels.astype(int), "prob": self.prob})
+        for h, p in self.head_probs.items():
+            df[f"prob_{h}"] = p
+        return df
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_metrics: dict[str, float]
+    predictions: pd.DataFrame  # validation predictions of the best checkpoint
+    resumed_from_epoch: int = -1  # epoch of the checkpoint this run resumed from (-1 = fresh)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_runtime(precision: str, device: str | torch.device | None = None) -> Runtime:
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda":
+        amp = None if precision == "fp32" else torch.bfloat16
+        return Runtime(dev, amp, channels_last=True)
+    return Runtime(dev, torch.bfloat16 if precision == "bf16" else None, channels_last=False)
+
+
+def build_model(cfg: TrainConfig, rt: Runtime) -> torch.nn.Module:
+    from distmsfa.models import registry
+
+    from distmsfa.models.device import prepare_for_device
+
+    model = registry.create_model(cfg.model, **cfg.model_cfg)
+    fmt = torch.channels_last_3d if rt.channels_last else torch.contiguous_format
+    return prepare_for_device(model, rt.device, memory_format=fmt)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _autocast(rt: Runtime):
+    if rt.amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(rt.device.type, dtype=rt.amp_dtype)
+
+
+def to_device(batch: Batch, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.as_tensor(batch["x"])
+    y = torch.as_tensor(batch["label"]).float()
+    if x.dim() != 5 or x.shape[1] != 2:
+        raise ValueError(f"batch x must be (B, 2, D, H, W) with channels (T1, FS), got {tuple(x.shape)}")
+    x = x.to(rt.device, non_blocking=True).float()
+    return x, y.to(rt.device, non_blocking=True)
+
+
+def _logs_to_float(logs: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in (logs or {}).items()}
+
+
+def train_epoch(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, epoch: int, rt: Runtime) -> dict[str, float]:
+    model.train()
+    total, n, wait, logs_sum = 0.0, 0, 0.0, {}
+    t_end = time.perf_counter()
+    for step, batch in enumerate(batches):
+        wait += time.perf_counter() - t_end
+        x, y = to_device(batch, rt)
+        x = augment_batch(x, cfg.augment, cfg.seed, epoch, step)
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with _autocast(rt):
+            out = model(x)
+        out = {k: v.float() for k, v in out.items()}
+        loss, logs = model.loss(out, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"epoch {epoch} step {step}: loss is {float(loss)}; lower lr or enable grad_clip")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        b = int(y.shape[0])
+        total += float(loss.detach()) * b
+        n += b
+        for k, v in _logs_to_float(logs).items():
+            logs_sum[k] = logs_sum.get(k, 0.0) + v * b
+        t_end = time.perf_counter()
+    if n == 0:
+        raise ValueError("the training set yielded no batch; check the fold's case count and batch_size")
+    out = {"train_loss": total / n, "train_samples": float(n), "data_wait_s": wait}
+    out.update({f"loss_{k}": v / n for k, v in logs_sum.items()})
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, batches: Iterable[Batch], rt: Runtime) -> EvalOutput:
+    model.eval()
+    ids: list[str] = []
+    labels, probs, heads, total = [], [], {}, 0.0
+    for batch in batches:
+        x, y = to_device(batch, rt)
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with _autocast(rt):
+            out = model(x)
+        out = {k: v.float() for k, v in out.items()}
+        loss, _ = model.loss(out, y)
+        total += float(loss) * int(y.shape[0])
+        ids.extend(str(c) for c in batch["case_id"])
+        labels.append(y.cpu().numpy())
+        probs.append(model.predict_proba(out).float().cpu().numpy())
+        for k, v in out.items():
+            heads.setdefault(k, []).append(torch.sigmoid(v).cpu().numpy())
+    if not ids:
+        raise ValueError("the validation set yielded no batch")
+    lab = np.concatenate(labels)
+    return EvalOutput(ids, lab, np.concatenate(probs), {k: np.concatenate(v) for k, v in heads.items()}, total / len(lab))
+
+
+def _better(auc: float, loss: float, best_auc: float, best_loss: float) -> bool:
+    a = -math.inf if math.isnan(auc) else auc
+    b = -math.inf if math.isnan(best_auc) else best_auc
+    return a > b or (a == b and loss < best_loss)
+
+
+def _atomic_save(obj: Any, path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _torch_settings(cfg: TrainConfig):
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_threads = torch.get_num_threads()
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev_det, warn_only=True)
+        torch.set_num_threads(prev_threads)
+
+
+def load_state(path: str) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str | None = None,
+             reporter: Reporter | None = None, resume: dict[str, Any] | None = None,
+             device: str | torch.device | None = None, save_last_every_epoch: bool = True) -> FoldResult:
+    """Train one fold for ``cfg.epochs`` epochs; evaluate on the validation fold every epoch.
+
+    ``out_dir``: where ``best.pt`` (best val AUC; ties broken by val loss) and ``last.pt``
+    (full state, written every epoch unless ``save_last_every_epoch=False``, then at the
+    end) go.  ``resume``: a state dict as handed to the reporter / saved in last.pt; the
+    run continues at the epoch after it, and is bit-identical to an uninterrupted run on
+    CPU because every epoch reseeds from ``(seed, epoch)``."""
+    rt = resolve_runtime(cfg.precision, device)
+    with _torch_settings(cfg):
+        seed_everything(cfg.seed)
+        model = build_model(cfg, rt)
+        optimizer = torch.optim.Adam(model.param_groups(cfg.weight_decay), lr=cfg.lr)
+        history: list[dict[str, float]] = []
+        best = {"auc": math.nan, "loss": math.inf, "epoch": -1}
+        best_weights: dict[str, Any] | None = None
+        start, resumed_from = 0, -1
+        if resume is not None:
+            model.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
+            history = list(resume["history"])
+            best = dict(resume["best"])
+            resumed_from = int(resume["epoch"])
+            start = resumed_from + 1
+            best_weights = resume.get("best_model")
+            if best_weights is None and out_dir and os.path.exists(os.path.join(out_dir, BEST_FILE)):
+                best_weights = load_state(os.path.join(out_dir, BEST_FILE))["model"]
+        if out_dir:
+            os.makedirs(out_dir, exist_ok=True)
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout etc.: same on resume
+            tr = train_epoch(model, optimizer, source.train_batches(epoch), cfg, epoch, rt)
+            t_train = time.perf_counter() - t0
+            ev = evaluate(model, source.val_batches(), rt)
+            m = binary_metrics(ev.labels, ev.prob, cfg.threshold_value)
+            metrics = {"fold": float(fold), "epoch": float(epoch), **{f"val_{k}": v for k, v in m.items()},
+                       "val_loss": ev.loss, **tr, "lr": float(optimizer.param_groups[0]["lr"]),
+                       "epoch_time_s": time.perf_counter() - t0,
+                       "train_samples_per_s": tr["train_samples"] / max(t_train, 1e-9),
+                       "resumed_from_epoch": float(resumed_from)}
+            history.append(metrics)
+            is_best = _better(m["auc"], ev.loss, best["auc"], best["loss"])
+            if is_best:
+                best = {"auc": m["auc"], "loss": ev.loss, "epoch": epoch}
+                best_weights = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                if out_dir:
+                    _atomic_save({"model": best_weights, "epoch": epoch, "metrics": metrics, "config": cfg.to_dict(),
+                                  "fold": fold}, os.path.join(out_dir, BEST_FILE))
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                     "history": history, "best": best, "config": cfg.to_dict(), "fold": fold}
+            if not out_dir:
+                state["best_model"] = best_weights
+            last = out_dir and (save_last_every_epoch or epoch == cfg.epochs - 1)
+            if last:
+                _atomic_save(state, os.path.join(out_dir, LAST_FILE))
+            if reporter is not None:
+                reporter.on_epoch(fold, metrics, state, is_best)
+        if out_dir and not os.path.exists(os.path.join(out_dir, LAST_FILE)) and resume is not None:
+            _atomic_save(resume, os.path.join(out_dir, LAST_FILE))
+        if best_weights is not None:
+            model.load_state_dict(best_weights)
+        ev = evaluate(model, source.val_batches(), rt)
+        best_metrics = binary_metrics(ev.labels, ev.prob, cfg.threshold_value)
+        best_metrics = {**best_metrics, "loss": ev.loss}
+        return FoldResult(fold, history, int(best["epoch"]), best_metrics, ev.frame(fold), resumed_from)
