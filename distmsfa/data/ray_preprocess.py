@@ -30,13 +30,14 @@ def run_tasks_ray(tasks: list[dict], *, address: str | None = None, num_workers:
         ray.init(address=address, log_to_driver=False, include_dashboard=False,
                  configure_logging=False) if address is None else ray.init(address=address, log_to_driver=False)
         started = True
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.enable_progress_bars, ctx.max_errored_blocks)
     try:
         if not tasks:
             return
-        ctx = ray.data.DataContext.get_current()
+        # process-global settings: restored in `finally` so later Ray Data users are unaffected
         ctx.enable_progress_bars = False  # the driver shows one rich bar over cases
         ctx.max_errored_blocks = len(tasks)
-        ctx.execution_options.preserve_order = False
         ds = ray.data.from_items([{"task": json.dumps(t)} for t in tasks], override_num_blocks=len(tasks))
         cpus = int(ray.available_resources().get("CPU", 1)) or 1
         conc = max(1, min(num_workers or cpus, len(tasks)))
@@ -44,5 +45,6 @@ def run_tasks_ray(tasks: list[dict], *, address: str | None = None, num_workers:
         for row in ds.iter_rows():
             yield dict(row)
     finally:
+        ctx.enable_progress_bars, ctx.max_errored_blocks = saved
         if started:
             ray.shutdown()
