@@ -77,9 +77,28 @@ def resolve_configs(model: str, config: str | Path | Mapping[str, Any] | None = 
     if config is not None:
         data = merge(data, load_config_file(config) if isinstance(config, (str, Path)) else check_sections(config))
     if overrides:
-        data = merge(data, check_sections(overrides, "overrides"))
+        data = merge(data, check_sections(_sectioned(overrides), "overrides"))
     data["train"]["model"] = model
     return TrainConfig.from_dict(data["train"]), CVConfig.from_dict(data["cv"])
+
+
+def _sectioned(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Accept ``{'train': {...}, 'cv': {...}}`` or flat keys of either config (``{'epochs': 2}``)."""
+    import dataclasses
+
+    tkeys = {f.name for f in dataclasses.fields(TrainConfig)}
+    ckeys = {f.name for f in dataclasses.fields(CVConfig)}
+    out: dict[str, Any] = {"train": {}, "cv": {}}
+    for k, v in overrides.items():
+        if k in ("train", "cv") and isinstance(v, Mapping):
+            out[k].update(v)
+        elif k in tkeys:
+            out["train"][k] = v
+        elif k in ckeys:
+            out["cv"][k] = v
+        else:
+            raise ConfigError(f"override {k!r} is neither a TrainConfig nor a CVConfig key")
+    return out
 
 
 def _select_folds(index: pd.DataFrame, wanted: Optional[Sequence[int]]) -> list[int]:

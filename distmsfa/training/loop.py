@@ -137,7 +137,7 @@ def train_epoch(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, ep
     if n == 0:
         raise ValueError("the training set yielded no batch; check the fold's case count and batch_size")
     out = {"train_loss": total / n, "train_samples": float(n), "data_wait_s": wait}
-    out.update({f"loss_{k}": v / n for k, v in logs_sum.items()})
+    out.update({f"train_{k}": v / n for k, v in logs_sum.items()})  # e.g. train_w_fuse: hybrid-loss weights
     return out
 
 

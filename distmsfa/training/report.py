@@ -56,7 +56,7 @@ def plot_learning_curves(histories: dict[int, pd.DataFrame], path: str, title: s
     import matplotlib.pyplot as plt
 
     panels = [("loss", ["train_loss", "val_loss"]), ("val AUC", ["val_auc"]), ("val ACC / F1", ["val_acc", "val_f1"])]
-    wcols = sorted({c for h in histories.values() for c in h.columns if c.startswith("loss_w_")})
+    wcols = sorted({c for h in histories.values() for c in h.columns if c.startswith("train_w_")})
     if wcols:
         panels.append(("hybrid-loss weights", wcols))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)

@@ -1,0 +1,49 @@
+"""`distmsfa cv`: k-fold cross-validation of one model, folds in parallel on Ray."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from distmsfa.cli._common import fail
+
+
+def _parse_folds(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        folds = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        fail(f"--folds {text!r}: give fold numbers separated by commas, e.g. 0,1,2,3")
+    if not folds:
+        fail("--folds is empty; give e.g. 0,1,2,3")
+    return folds
+
+
+def cv(
+    data: str = typer.Option(..., "--data", help="Dataset root written by `distmsfa preprocess` (folder or s3:// / gs:// URI)."),
+    model: str = typer.Option(..., "--model", help="Registry name (see `distmsfa models`), e.g. msfanet."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML with `train:` / `cv:` sections, applied over the profile."),
+    folds: Optional[str] = typer.Option(None, "--folds", help="Folds to run, e.g. 0,1,2,3 (default: all)."),
+    profile: str = typer.Option("paper", "--profile", help="Settings profile: cpu (tests, demo) or paper (the paper's)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/cv-<model>-<time>)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address; default: start a local Ray."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the stopped run in --out from its checkpoints."),
+    gpus_per_fold: Optional[float] = typer.Option(None, "--gpus-per-fold", help="GPU share per fold; 0.5 = two folds per GPU."),
+    plain: bool = typer.Option(False, "--plain", help="No Ray: run the folds one after another in this process."),
+) -> None:
+    """Cross-validate a model: best and last checkpoints per fold, out-of-fold predictions,
+    mean ± std summary and learning curves in the run folder (docs/training.md)."""
+    fold_list = _parse_folds(folds)
+    if resume and out is None:
+        fail("--resume needs --out RUNDIR (the run folder to continue)")
+    from distmsfa.config import ConfigError
+    from distmsfa.training.cv import CVError, run_cv
+
+    try:
+        run_cv(data, model, config, profile=profile, folds=fold_list, out=out, address=address, resume=resume,
+               gpus_per_fold=gpus_per_fold, plain=plain)
+    except (ConfigError, CVError, FileNotFoundError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        fail(str(msg).splitlines()[0] if msg else type(exc).__name__)
