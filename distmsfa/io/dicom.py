@@ -47,9 +47,20 @@ def find_series(folder: str) -> list[SeriesInfo]:
     """Every DICOM series under ``folder`` (recursive), sorted by description then UID."""
     out: dict[str, SeriesInfo] = {}
     reader = sitk.ImageSeriesReader()
-    for dirpath, dirnames, _ in os.walk(folder):
-        dirnames.sort()
-        for uid in reader.GetGDCMSeriesIDs(dirpath) or ():
+    walk = []
+    # GDCM warns "No Series were found" for every folder without DICOM files (study and
+    # date folders): expected here, so warnings are muted during the scan.
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames.sort()
+            if filenames:
+                walk.append((dirpath, tuple(reader.GetGDCMSeriesIDs(dirpath) or ())))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+    for dirpath, uids in walk:
+        for uid in uids:
             files = tuple(reader.GetGDCMSeriesFileNames(dirpath, uid))
             if not files:
                 continue
