@@ -84,7 +84,7 @@ class Anatomy:
         return cls(
             center_lps=tuple(float(c) for c in center),
             rotation=tuple(tuple(float(x) for x in row) for row in rot),
-            hw0=u(30, 36), slope_v=u(0.16, 0.28), slope_w=u(0.25, 0.4), gap=u(1.8, 3.0),
+            hw0=u(29, 34), slope_v=u(0.14, 0.24), slope_w=u(0.2, 0.35), gap=u(1.8, 3.0),
             v_lo=-u(27, 33), v_hi=u(25, 31), depth=depth,
             wobble=u(0.4, 1.4), wobble_len=u(14, 24), wobble_phase=(u(0, 6.28), u(0, 6.28)),
             cortex=u(1.3, 2.0),
@@ -154,7 +154,7 @@ class Anatomy:
             t += np.cos(q[..., 0] * kx + q[..., 1] * ky + q[..., 2] * kz + ph)
         return t / len(self.waves)
 
-    def roi_labels(self, q: np.ndarray, d: dict[str, np.ndarray], radius: float = 13.0) -> np.ndarray:
+    def roi_labels(self, q: np.ndarray, d: dict[str, np.ndarray], radius: float = 11.0) -> np.ndarray:
         """ITK-SNAP-style ROI over each joint: 1 = left, 2 = right, 0 = background.
 
         A band of +-``radius`` mm around the cleft over the joint's height and the
