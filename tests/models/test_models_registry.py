@@ -15,6 +15,16 @@ MODELS = list_models()
 SHAPE = (2, 2, 8, 32, 48)  # (B, 2, D, H, W); divisible by every default total stride
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny convs gain nothing from 2 threads, and OpenMP threads spin badly when the 2 cores
+    # are shared with other work (measured: 1 s single-threaded vs 10-25 s with 2 threads).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny(name: str, **over):
     # alpha starts at 0 (MSFA = identity), which zeroes the attention projections' first
     # gradient by design; a non-zero alpha lets the gradient test see them too.
@@ -66,7 +76,7 @@ def test_overfits_tiny_batch(name):
     x, y = batch(4, seed=1)
     opt = torch.optim.Adam(m.param_groups(0.0), lr=3e-3)
     first = None
-    for _ in range(40):
+    for _ in range(30):
         loss, logs = m.loss(m(x), y)
         first = logs["loss_fuse"] if first is None else first
         opt.zero_grad()
@@ -88,7 +98,6 @@ def test_eval_forward_deterministic_and_gradcam(name):
     for arr in maps.values():
         assert isinstance(arr, np.ndarray) and arr.shape == SHAPE[2:]
         assert np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1
-    assert not m.training or True  # gradcam restores the mode
     assert all(not mod._forward_hooks for mod in m.modules()), "Grad-CAM left hooks behind"
 
 
