@@ -3,8 +3,9 @@
 Pipeline (``preprocess_images``):
 
 1. check each sequence: finite voxels, not constant;
-2. robust intensity scaling per sequence on its *native* grid: clip to the
-   ``clip_percentiles`` (of the whole image, or of the Otsu foreground), scale to [0, 1];
+2. robust intensity window per sequence from its *native* grid: the ``clip_percentiles``
+   (of the whole image, or of the Otsu foreground); applied after resampling (step 4):
+   clip to the window, scale to [0, 1];
 3. build the crop grid: the T1's direction permuted/flipped to the canonical
    ``orientation`` (SimpleITK DICOMOrient, so oblique cosines are kept), the target
    spacing, ``crop_size`` voxels, centred on the ROI centroid (union of labels);
@@ -123,30 +124,41 @@ def check_intensities(img: sitk.Image, what: str) -> np.ndarray:
     return arr
 
 
-def normalize(img: sitk.Image, cfg: PreprocessConfig, what: str) -> sitk.Image:
-    """Clip to robust percentiles and scale to [0, 1] on the native grid (geometry kept)."""
+def intensity_window(img: sitk.Image, cfg: PreprocessConfig, what: str) -> tuple[float, float]:
+    """The robust (low, high) clip values of one sequence, from its native grid."""
     arr = check_intensities(img, what)
     vals = arr
     if cfg.normalize_region == "foreground":
         mask = sitk.GetArrayViewFromImage(sitk.OtsuThreshold(img, 0, 1))
         if mask.sum() > 100:
             vals = arr[mask > 0]
-    # 1/8 subsample for speed on clinical matrices; percentiles of 1M+ voxels are stable
+    # ~1M evenly strided voxels: percentiles are stable and clinical matrices stay fast
     flat = vals.ravel()
     if flat.size > 2_000_000:
         flat = flat[:: max(1, flat.size // 1_000_000)]
-    lo, hi = np.percentile(flat, cfg.clip_percentiles)
+    lo, hi = (float(v) for v in np.percentile(flat, cfg.clip_percentiles))
     if hi <= lo:
         lo, hi = float(arr.min()), float(arr.max())
-    out = np.clip((arr.astype(np.float32) - lo) / np.float32(hi - lo), 0.0, 1.0)
-    res = sitk.GetImageFromArray(out)
+    return lo, hi
+
+
+def scale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return np.clip((arr.astype(np.float32, copy=False) - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
+
+
+def normalize(img: sitk.Image, cfg: PreprocessConfig, what: str) -> sitk.Image:
+    """Clip to robust percentiles and scale to [0, 1] on the native grid (geometry kept)."""
+    lo, hi = intensity_window(img, cfg, what)
+    res = sitk.GetImageFromArray(scale(sitk.GetArrayViewFromImage(img), lo, hi))
     res.CopyInformation(img)
     return res
 
 
-def _physical_points(size_xyz, spacing_xyz, origin, direction, step: int = 1) -> np.ndarray:
-    """(N, 3) LPS points of a grid's voxel centres (every ``step``-th voxel per axis)."""
-    axes = [np.arange(0, n, step, dtype=np.float64) for n in size_xyz]
+def _physical_points(size_xyz, spacing_xyz, origin, direction, samples: int | None = None) -> np.ndarray:
+    """(N, 3) LPS points of a grid's voxel centres: all, or at most ``samples`` per axis
+    spread evenly from the first to the last voxel (per axis: thin slabs stay covered)."""
+    axes = [np.arange(n, dtype=np.float64) if samples is None or n <= samples
+            else np.linspace(0, n - 1, samples) for n in size_xyz]
     idx = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
     return origin + (idx * spacing_xyz) @ np.asarray(direction).reshape(3, 3).T
 
@@ -160,8 +172,7 @@ def _inside(img: sitk.Image, pts: np.ndarray) -> np.ndarray:
 
 
 def _overlap(a: sitk.Image, b: sitk.Image) -> bool:
-    step = max(1, max(a.GetSize()) // 24)
-    pts = _physical_points(a.GetSize(), np.asarray(a.GetSpacing()), np.asarray(a.GetOrigin()), a.GetDirection(), step)
+    pts = _physical_points(a.GetSize(), np.asarray(a.GetSpacing()), np.asarray(a.GetOrigin()), a.GetDirection(), 24)
     return bool(_inside(b, pts).any())
 
 
@@ -190,11 +201,11 @@ def roi_center(roi: Roi, t1: sitk.Image) -> np.ndarray:
 def preprocess_images(t1: sitk.Image, fs: sitk.Image, roi: Roi, cfg: PreprocessConfig,
                       spacing_dhw: Sequence[float]) -> Preprocessed:
     """Turn one case's T1, FS and ROI into the aligned, cropped, scaled pair (see module doc)."""
-    if not _overlap(t1, fs):
+    if not (_overlap(t1, fs) or _overlap(fs, t1)):  # both ways: a small FS inside a big T1
         raise ImageReadError("t1 and fs have no physical overlap (different patients, sessions or frames of reference?)")
     center = roi_center(roi, t1)
-    t1n = normalize(t1, cfg, "t1")
-    fsn = normalize(fs, cfg, "fs")
+    t1_win = intensity_window(t1, cfg, "t1")
+    fs_win = intensity_window(fs, cfg, "fs")
 
     direction = canonical_direction(t1.GetDirection(), cfg.orientation)
     spacing_xyz = np.asarray(spacing_dhw, float)[::-1]
@@ -206,17 +217,21 @@ def preprocess_images(t1: sitk.Image, fs: sitk.Image, roi: Roi, cfg: PreprocessC
     ref.SetOrigin(tuple(float(v) for v in origin))
     ref.SetDirection(tuple(float(v) for v in direction.ravel()))
 
-    def sample(img: sitk.Image, interp: int, pixel: int) -> np.ndarray:
-        return sitk.GetArrayFromImage(sitk.Resample(img, ref, sitk.Transform(), interp, 0.0, pixel))
+    def sample(img: sitk.Image, interp: int, pixel: int, outside: float = 0.0) -> np.ndarray:
+        return sitk.GetArrayFromImage(sitk.Resample(img, ref, sitk.Transform(), interp, outside, pixel))
 
+    # Resample the raw intensities, then clip/scale the crop only: the same as scaling the
+    # native image first (linear interpolation commutes with the affine scaling; only
+    # voxels next to clipped extremes differ) at a fraction of the voxels.  Outside the
+    # image the low clip value is used, so padding becomes exactly 0 after scaling.
     interp = _INTERP[cfg.interpolation]
-    t1c = np.clip(sample(t1n, interp, sitk.sitkFloat32), 0, 1)
-    fsc = np.clip(sample(fsn, interp, sitk.sitkFloat32), 0, 1)
+    t1c = scale(sample(t1, interp, sitk.sitkFloat32, t1_win[0]), *t1_win)
+    fsc = scale(sample(fs, interp, sitk.sitkFloat32, fs_win[0]), *fs_win)
 
-    pts = _physical_points(size_xyz, spacing_xyz, origin, direction.ravel(), step=max(1, int(size_xyz.max()) // 32))
+    pts = _physical_points(size_xyz, spacing_xyz, origin, direction.ravel(), samples=32)
     fs_cov = float(_inside(fs, pts).mean())
     t1_cov = float(_inside(t1, pts).mean())
-    if fs_cov == 0.0:
+    if fs_cov == 0.0 and not fsc.any():
         raise ImageReadError("fs: does not cover any of the crop around the ROI (field of view misses the ROI)")
 
     if roi.label_map is not None:

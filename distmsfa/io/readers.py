@@ -36,11 +36,44 @@ class Header:
     direction: tuple[float, ...]
 
 
+def _nifti_gz_size_matches(path: str) -> bool:
+    """Cheap integrity test of a .nii.gz: the gzip trailer's ISIZE equals the size the
+    NIfTI-1 header implies (a truncated file ends in compressed data, not in its trailer)."""
+    import gzip
+    import struct
+
+    try:
+        with gzip.open(path, "rb") as fh:
+            hdr = fh.read(348)
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            isize = struct.unpack("<I", fh.read(4))[0]
+    except (OSError, EOFError, struct.error):
+        return False
+    if len(hdr) < 348:
+        return False
+    for endian in "<>":
+        if struct.unpack(endian + "i", hdr[:4])[0] == 348:
+            break
+    else:
+        return False
+    dims = struct.unpack(endian + "8h", hdr[40:56])
+    bitpix = struct.unpack(endian + "h", hdr[72:74])[0]
+    vox_offset = int(struct.unpack(endian + "f", hdr[108:112])[0])
+    if not 1 <= dims[0] <= 7 or bitpix <= 0:
+        return False
+    nvox = int(np.prod([max(1, d) for d in dims[1:dims[0] + 1]], dtype=np.int64))
+    return (vox_offset + nvox * bitpix // 8) % (1 << 32) == isize
+
+
 def _check_gzip(path: str, what: str) -> None:
-    """ITK's NIfTI reader zero-fills a truncated .gz silently: test the stream ourselves."""
+    """ITK's NIfTI reader zero-fills a truncated .gz silently: test the stream ourselves
+    (the cheap trailer test first; a full decompression only when it does not settle it)."""
     import gzip
     import zlib
 
+    if path.lower().endswith(".nii.gz") and _nifti_gz_size_matches(path):
+        return
     try:
         with gzip.open(path, "rb") as fh:
             while fh.read(1 << 22):

@@ -152,3 +152,14 @@ def test_config_validation_says_how_to_fix():
 def test_canonical_spacing_from_headers():
     assert canonical_spacing_dhw((0.45, 0.45, 4.0), AXIAL, "LIP") == (0.45, 4.0, 0.45)
     assert canonical_spacing_dhw((0.45, 0.45, 4.0), CORONAL, "LIP") == (4.0, 0.45, 0.45)
+
+
+def test_overlap_check_sees_thin_slabs():
+    """A thin coronal T1 slab (20 slices over 512x512) and an FS slab of its own: overlap found."""
+    from distmsfa.data.preprocess import _overlap
+
+    t1g = grid((256, 256, 10), (0.9, 0.9, 8.0), CORONAL)
+    fsg = grid((224, 224, 6), (0.7, 0.7, 6.0), CORONAL, (2.0, 3.0, -1.0))
+    assert _overlap(t1g, fsg) and _overlap(fsg, t1g)
+    far = grid((224, 224, 6), (0.7, 0.7, 6.0), CORONAL, (2.0, 3.0, 400.0))
+    assert not _overlap(t1g, far)
