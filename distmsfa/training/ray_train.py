@@ -79,6 +79,10 @@ class RayReporter:
             torch.save(state, os.path.join(tmp, STATE_FILE))
             ray.train.report(dict(metrics), checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_epoch{int(metrics['epoch']):04d}")
+        # The controller registers a reported checkpoint when it next polls the worker; a
+        # worker killed before that restarts without it.  Wait for the commit, so that an
+        # epoch the driver (or a Tune trial) has seen is always one a restart resumes after.
+        ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
         self.files.on_epoch(fold, metrics, state, is_best)
         if self.hub is not None:
             self.hub.push.remote({**metrics, "pid": os.getpid()})
