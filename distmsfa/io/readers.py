@@ -41,6 +41,7 @@ def _nifti_gz_size_matches(path: str) -> bool:
     NIfTI-1 header implies (a truncated file ends in compressed data, not in its trailer)."""
     import gzip
     import struct
+    import zlib
 
     try:
         with gzip.open(path, "rb") as fh:
@@ -48,7 +49,7 @@ def _nifti_gz_size_matches(path: str) -> bool:
         with open(path, "rb") as fh:
             fh.seek(-4, os.SEEK_END)
             isize = struct.unpack("<I", fh.read(4))[0]
-    except (OSError, EOFError, struct.error):
+    except (OSError, EOFError, struct.error, zlib.error):
         return False
     if len(hdr) < 348:
         return False

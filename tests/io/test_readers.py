@@ -88,6 +88,10 @@ def test_missing_truncated_random_bytes(tmp_path):
     rnd.write_bytes(gzip.compress(os.urandom(2000)))
     with pytest.raises(ImageReadError, match="cannot read"):
         read_image(str(rnd))
+    fake = tmp_path / "fake.nii.gz"  # a gzip magic number, then garbage
+    fake.write_bytes(b"\x1f\x8b\x08 not really gzip")
+    with pytest.raises(ImageReadError, match="cannot read fake.nii.gz"):
+        read_image(str(fake))
     raw = tmp_path / "random.nii"
     raw.write_bytes(os.urandom(4000))
     with pytest.raises(ImageReadError, match="cannot read"):
