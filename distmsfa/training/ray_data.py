@@ -4,14 +4,18 @@ the transport-independent order of :func:`distmsfa.training.batches.epoch_plan`.
 
 Two modes for the training set (``CVConfig.materialize_train``):
 
-* materialized (default when it fits): the fold's pairs are loaded once into the object
-  store, one block per case; each epoch is ``ray.data.from_arrow_refs`` over the block
-  references in the epoch's order, which reorders without copying a voxel;
-* streamed: each epoch builds ``from_pandas(rows in plan order) -> map_batches(load)``
-  and Ray Data loads the pairs in parallel read tasks, ``preserve_order`` keeping the plan.
+* materialized (default): Ray Data loads the fold's pairs once into the object store
+  (parallel read tasks), one block per case; each epoch the worker fetches the block
+  references in the epoch's order (``ray.get`` with a read-ahead thread) and concatenates
+  them into batches: reordering copies no voxel and costs no Ray Data execution per epoch
+  (an execution started inside a worker costs about 1 s, measured, which would dominate
+  short GPU epochs);
+* streamed (``materialize_train=False``, for training sets larger than the object store):
+  each epoch builds ``from_pandas(rows in plan order) -> map_batches(load)`` and iterates
+  it with ``iter_torch_batches``, ``preserve_order`` keeping the plan.
 
-Batches reach the loop through ``iter_torch_batches`` with a collate function that keeps
-``case_id`` as a list of strings (Ray's default collate refuses string columns).
+Batches are ``{"case_id": list[str], "x": (B, 2, D, H, W) float16 tensor, "label": (B,)}``
+(``Collate`` keeps ``case_id`` as strings, which Ray's default collate refuses).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 import ray
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from distmsfa.data.index import load_pair
 from distmsfa.training.batches import Batch, epoch_plan, val_plan
@@ -61,8 +66,19 @@ def cases_dataset(root: str, rows: pd.DataFrame, data_cpus: float, rows_per_bloc
 def collate(batch: dict[str, np.ndarray]) -> Batch:
     import torch  # here, not at module level: the read tasks import this module and need no torch
 
-    return {"case_id": [str(c) for c in batch["case_id"]], "x": torch.from_numpy(np.ascontiguousarray(batch["x"])),
-            "label": torch.from_numpy(np.asarray(batch["label"], dtype=np.float32))}
+    x = batch["x"]
+    if not x.flags.writeable:  # arrays viewed from the object store are read-only; torch wants writable
+        x = x.copy()
+    return {"case_id": [str(c) for c in batch["case_id"]], "x": torch.from_numpy(np.ascontiguousarray(x)),
+            "label": torch.tensor(np.asarray(batch["label"], dtype=np.float32))}
+
+
+class Collate(NumpyBatchCollateFn):
+    """``iter_torch_batches`` collate function (Ray >= 2.47 wants a class): keeps
+    ``case_id`` a list of strings, which Ray's default collate refuses."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Batch:
+        return collate(batch)
 
 
 class RaySource:
@@ -83,30 +99,58 @@ class RaySource:
         self.train_ids = list(self.train.index)
         self.val = val.set_index(val["case_id"].astype(str), drop=False).loc[val_plan(list(val["case_id"].astype(str)))]
         self.val_iter = val_iter
-        self._val_mat = None
         self.concurrency = concurrency
         self.materialize_val = materialize_val
         self.on_first_batch = on_first_batch  # called once, when the first training batch arrives
         self._refs: dict[str, Any] | None = None
+        self._val_refs: list[Any] | None = None
+        self._keep: list[Any] = []  # materialized datasets: holding them keeps their blocks alive
         if materialize_train:
-            ds = cases_dataset(self.root, self.train, data_cpus, concurrency=concurrency).materialize()
-            refs = ds.to_arrow_refs()
-            if len(refs) != len(self.train_ids):  # one block per case is what reordering relies on
-                raise RuntimeError(f"expected {len(self.train_ids)} blocks, got {len(refs)}")
-            self._mat = ds  # keeps the blocks alive
-            self._refs = dict(zip(self.train_ids, refs))
+            self._refs = dict(zip(self.train_ids, self._materialize(self.train)))
+
+    def _materialize(self, rows: pd.DataFrame) -> list[Any]:
+        """Load ``rows`` into the object store with Ray Data; one block reference per case, in order."""
+        ds = cases_dataset(self.root, rows, self.data_cpus, concurrency=self.concurrency).materialize()
+        refs = ds.to_arrow_refs()
+        if len(refs) != len(rows):  # one block per case is what reordering relies on
+            raise RuntimeError(f"expected {len(rows)} blocks (one per case), got {len(refs)}")
+        self._keep.append(ds)
+        return refs
+
+    def _fetch(self, refs: list[Any]) -> Batch:
+        from ray.data.block import BlockAccessor
+
+        cols = [BlockAccessor.for_block(t).to_numpy() for t in ray.get(refs)]
+        return collate({k: np.concatenate([c[k] for c in cols]) for k in ("case_id", "x", "label")})
+
+    def _iter_refs(self, refs: list[Any]) -> Iterator[Batch]:
+        """Batches from materialized blocks in the given order; a thread fetches ahead."""
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        groups = [refs[i : i + self.batch_size] for i in range(0, len(refs), self.batch_size)]
+        with ThreadPoolExecutor(1, thread_name_prefix="distmsfa-fetch") as pool:
+            futs = deque(pool.submit(self._fetch, g) for g in groups[: max(1, self.prefetch)])
+            nxt = len(futs)
+            while futs:
+                batch = futs.popleft().result()
+                if nxt < len(groups):
+                    futs.append(pool.submit(self._fetch, groups[nxt]))
+                    nxt += 1
+                yield batch
 
     def _iterate(self, ds: "ray.data.Dataset") -> Iterator[Batch]:
-        yield from ds.iter_torch_batches(batch_size=self.batch_size, collate_fn=collate,
+        yield from ds.iter_torch_batches(batch_size=self.batch_size, collate_fn=Collate(),
                                          prefetch_batches=self.prefetch, drop_last=False)
 
-    def train_batches(self, epoch: int) -> Iterator[Batch]:  # a generator: Ray Data starts on first next()
+    def train_batches(self, epoch: int) -> Iterator[Batch]:  # a generator: nothing starts before next()
         plan = epoch_plan(self.train_ids, self.seed, epoch, self.batch_size)
         if self._refs is not None:
-            ds = ray.data.from_arrow_refs([self._refs[c] for c in plan])
+            batches = self._iter_refs([self._refs[c] for c in plan])
         else:
-            ds = cases_dataset(self.root, self.train.loc[plan], self.data_cpus, concurrency=self.concurrency)
-        for batch in self._iterate(ds):
+            batches = self._iterate(cases_dataset(self.root, self.train.loc[plan], self.data_cpus,
+                                                  concurrency=self.concurrency))
+        for batch in batches:
             if self.on_first_batch is not None:
                 self.on_first_batch()
                 self.on_first_batch = None
@@ -114,12 +158,12 @@ class RaySource:
 
     def val_batches(self) -> Iterator[Batch]:
         if self.val_iter is not None:
-            return self.val_iter.iter_torch_batches(batch_size=self.batch_size, collate_fn=collate,
+            return self.val_iter.iter_torch_batches(batch_size=self.batch_size, collate_fn=Collate(),
                                                     prefetch_batches=self.prefetch)
         if self.materialize_val:
-            if self._val_mat is None:
-                self._val_mat = cases_dataset(self.root, self.val, self.data_cpus, concurrency=self.concurrency).materialize()
-            return self._iterate(self._val_mat)
+            if self._val_refs is None:
+                self._val_refs = self._materialize(self.val)
+            return self._iter_refs(self._val_refs)
         return self._iterate(cases_dataset(self.root, self.val, self.data_cpus, concurrency=self.concurrency))
 
 

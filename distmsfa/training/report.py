@@ -54,6 +54,7 @@ def plot_learning_curves(histories: dict[int, pd.DataFrame], path: str, title: s
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     panels = [("loss", ["train_loss", "val_loss"]), ("val AUC", ["val_auc"]), ("val ACC / F1", ["val_acc", "val_f1"])]
     wcols = sorted({c for h in histories.values() for c in h.columns if c.startswith("train_w_")})
@@ -70,6 +71,7 @@ def plot_learning_curves(histories: dict[int, pd.DataFrame], path: str, title: s
                             label=f"fold {fold} {col}")
         ax.set_title(name)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if name == "val AUC":
             ax.set_ylim(0, 1.02)
