@@ -30,8 +30,13 @@ def make_task(case: CaseSpec, root: str, cfg: PreprocessConfig, spacing_dhw, fin
 def _jsonable(v):
     if hasattr(v, "tolist"):
         return v.tolist()
-    if v is None or v != v:  # pd.NA / NaN
-        return None
+    try:
+        import pandas as pd
+
+        if pd.isna(v):  # pd.NA / NaN / NaT
+            return None
+    except (TypeError, ValueError):
+        pass
     return str(v)
 
 
@@ -99,6 +104,9 @@ def process_case(task: dict) -> dict:
         return run_case(task)
     except (ImageReadError, ValueError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except RuntimeError as exc:  # SimpleITK/ITK: the useful line is the last non-empty one
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        reason = f"SimpleITK: {(lines[-1] if lines else type(exc).__name__)[:200]}"
     except Exception as exc:  # noqa: BLE001 - a bug or a reader crash must not stop other cases
         last = traceback.extract_tb(exc.__traceback__)[-1]
         first = (str(exc).strip().splitlines() or [""])[0][:200]

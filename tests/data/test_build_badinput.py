@@ -191,3 +191,18 @@ def test_every_case_failing_exits_1_and_broken_manifest_exits_2(tmp_path, good_d
     assert res.exit_code == 2 and "error: manifest: missing required column 'patient_id'" in res.output
     res = CliRunner().invoke(app, [str(man), "--out", str(tmp_path / "o"), "--serial", "--crop", "1,2"])
     assert res.exit_code == 2 and "--crop needs three" in res.output
+
+
+def test_yaml_config_and_bad_key(tmp_path, good_dir):
+    man = tmp_path / "m.csv"
+    pd.DataFrame([_row(good_dir, c) for c in GOOD]).to_csv(man, index=False)
+    cfg = tmp_path / "pre.yaml"
+    cfg.write_text("preprocess:\n  crop_size: [8, 16, 24]\n  target_spacing_mm: [6, 6, 6]\n  n_folds: 2\n")
+    app = typer.Typer()
+    app.command()(preprocess)
+    res = CliRunner().invoke(app, [str(man), "--out", str(tmp_path / "o"), "--serial", "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert list(read_index(tmp_path / "o")["shape"].iloc[0]) == [2, 8, 16, 24]
+    cfg.write_text("crop_sise: [8, 16, 24]\n")
+    res = CliRunner().invoke(app, [str(man), "--out", str(tmp_path / "o2"), "--serial", "--config", str(cfg)])
+    assert res.exit_code == 2 and "did you mean 'crop_size'" in res.output
