@@ -35,14 +35,14 @@ class CohortConfig(Config):
     lesion_size: float = 1.0
     lesion_contrast: float = 1.0
     #: non-axSpA subtype weights (normalised); keys of MIMICS
-    w_normal: float = 0.20
+    w_normal: float = 0.10
     w_nonspecific: float = 0.30
     w_degenerative: float = 0.20
-    w_oci: float = 0.15
-    w_remote_oedema: float = 0.15
+    w_oci: float = 0.20
+    w_remote_oedema: float = 0.20
     #: findings that occur in BOTH classes, so that no single-sequence sign is specific
-    incidental_stir_only: float = 0.15
-    incidental_sclerosis: float = 0.15
+    incidental_stir_only: float = 0.25
+    incidental_sclerosis: float = 0.25
     #: axSpA cases whose oedema is faint and small (early disease)
     axspa_mild_fraction: float = 0.15
     #: fraction of patients scanned twice (tests patient-grouped folds)

@@ -94,7 +94,7 @@ def _sclerosis(rng, anat, kind, side, bone, scale, thin: bool, lower: bool = Fal
         radii = (rng.uniform(5, 8) * scale, rng.uniform(6, 10) * scale, rng.uniform(8, 13) * scale)
     v_range = (0.08, 0.45) if lower else (0.05, 0.95)
     w_range = (0.05, 0.5) if lower else (0.1, 0.9)
-    return _perijoint(rng, anat, kind, side, bone, radii, rng.uniform(0.1, 0.45), rng.uniform(0.03, 0.08),
+    return _perijoint(rng, anat, kind, side, bone, radii, rng.uniform(0.2, 0.45), rng.uniform(0.03, 0.08),
                       0.05, rng.uniform(0.7, 1.0), v_range, w_range)
 
 
