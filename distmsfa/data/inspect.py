@@ -106,7 +106,7 @@ def render_montage(root: str, out_png: str, n: int = 6, seed: int = 0) -> str:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle(f"middle slice (D={d}) of each crop, S at top, patient left at right; ROI outlined", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the suptitle
     os.makedirs(os.path.dirname(os.path.abspath(out_png)) or ".", exist_ok=True)
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
