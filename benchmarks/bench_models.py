@@ -76,14 +76,14 @@ class ReferenceNet(nn.Module):
         return sum(losses), {}
 
 
-def build(name: str, preset: str) -> nn.Module:
-    return ReferenceNet() if name == "reference" else create_model(name, preset=preset)
+def build(name: str, preset: str, overrides: dict | None = None) -> nn.Module:
+    return ReferenceNet() if name == "reference" else create_model(name, preset=preset, **(overrides or {}))
 
 
-def measure(name, preset, batch, dhw, dtype, fmt, device, warmup, iters, seed=0) -> dict:
+def measure(name, preset, batch, dhw, dtype, fmt, device, warmup, iters, overrides=None, seed=0) -> dict:
     torch.manual_seed(seed)
     dev = torch.device(device)
-    model = build(name, preset).to(dev).train()
+    model = build(name, preset, overrides).to(dev).train()
     mf = torch.channels_last_3d if fmt == "channels_last_3d" else torch.contiguous_format
     model = model.to(memory_format=mf)
     params = model.param_groups(1e-4) if hasattr(model, "param_groups") else model.parameters()
@@ -141,8 +141,8 @@ def _in_child(fn, *args) -> dict:
     return json.loads(data) if data else {"error": "child died (out of memory?)"}
 
 
-def run_one(name, preset, batch, dhw, dtype, fmt, device, warmup, iters) -> dict:
-    args = (name, preset, batch, dhw, dtype, fmt, device, warmup, iters)
+def run_one(name, preset, batch, dhw, dtype, fmt, device, warmup, iters, overrides=None) -> dict:
+    args = (name, preset, batch, dhw, dtype, fmt, device, warmup, iters, overrides)
     if device == "cpu":
         return _in_child(measure, *args)
     try:
@@ -189,13 +189,30 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=None, help="timed steps (default 5 on CPU, 10 on CUDA)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1 on CPU, 3 on CUDA)")
     ap.add_argument("--reference", action="store_true", help="also benchmark the plain-PyTorch reference network")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME:KEY=VALUE",
+                    help="config override for one model (value parsed as JSON), e.g. msfanet:attn_heads=1; "
+                         "repeatable; 'NAME@TAG:KEY=VALUE' benchmarks a variant under the name NAME@TAG")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--out", default="bench_models.json")
     a = ap.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but no CUDA GPU is visible")
     names = list_models() if a.models == "all" else [m.strip() for m in a.models.split(",") if m.strip()]
-    unknown = [n for n in names if n not in list_models() and n != "reference"]
+    overrides: dict[str, dict] = {}
+    for item in a.set:
+        try:
+            who, kv = item.split(":", 1)
+            key, val = kv.split("=", 1)
+        except ValueError:
+            ap.error(f"--set {item!r}: expected NAME:KEY=VALUE")
+        try:
+            val = json.loads(val)
+        except json.JSONDecodeError:
+            pass  # a bare string
+        overrides.setdefault(who, {})[key] = val
+        if who not in names:
+            names.append(who)
+    unknown = [n for n in names if n.split("@")[0] not in list_models() and n != "reference"]
     if unknown:
         ap.error(f"unknown model(s) {unknown}; choose from {list_models()}")
     if a.reference and "reference" not in names:
@@ -214,6 +231,10 @@ def main(argv=None) -> int:
 
     from rich.progress import Progress
 
+    import monai.networks.nets  # noqa: F401 - imported here, not inside a CPU child's memory figure
+
+    info = machine(a.device)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     results = []
     jobs = [(n, s, m) for s in sizes for n in names for m in modes]
     with Progress() as bar:
@@ -221,13 +242,17 @@ def main(argv=None) -> int:
         for name, size, (dtype, fmt) in jobs:
             batch, dhw = SIZES[size]
             bar.update(task, description=f"{name} {size} {dtype}/{fmt}")
-            res = run_one(name, a.preset, batch, dhw, dtype, fmt, a.device, warmup, iters)
+            cfg = overrides.get(name, {})
+            res = run_one(name.split("@")[0], a.preset, batch, dhw, dtype, fmt, a.device, warmup, iters, cfg)
             results.append({"model": name, "size": size, "batch": batch, "dhw": list(dhw), "dtype": dtype,
-                            "memory_format": fmt, **res})
+                            "memory_format": fmt, "config": {k: list(v) if isinstance(v, tuple) else v
+                                                             for k, v in cfg.items()}, **res})
             bar.advance(task)
-    report = {"machine": machine(a.device), "preset": a.preset, "iters": iters, "warmup": warmup,
-              "step": "forward + loss + backward + Adam step", "results": results, "ratio_to_reference": ratios(results)}
-    Path(a.out).write_text(json.dumps(report, indent=1))
+            # Written after every measurement, so a run cut short (time limit) keeps what it has.
+            report = {"machine": info, "preset": a.preset, "iters": iters, "warmup": warmup,
+                      "step": "forward + loss + backward + Adam step", "complete": len(results) == len(jobs),
+                      "results": results, "ratio_to_reference": ratios(results)}
+            Path(a.out).write_text(json.dumps(report, indent=1))
     for r in results:
         tail = f"{r['samples_per_s']:8.2f} samples/s  {r.get('peak_mem_mib', float('nan')):8.0f} MiB" \
             if "samples_per_s" in r else r.get("error", "")

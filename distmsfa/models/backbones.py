@@ -20,7 +20,7 @@ from torch import nn
 
 from distmsfa.config import Config, require
 from distmsfa.models.base import MultiSequenceModel
-from distmsfa.models.blocks import Head, build_config
+from distmsfa.models.blocks import freeze_lists, Head, build_config
 from distmsfa.models.losses import LOSS_KINDS, make_loss
 from distmsfa.models.registry import register_model
 from distmsfa.models.shufflenet3d import ShuffleNetV2Features
@@ -53,6 +53,7 @@ class DualBackboneConfig(Config):
 
     def __post_init__(self) -> None:
         n = type(self).__name__
+        freeze_lists(self, "widths", "depths")
         require(len(self.widths) > 0 and all(w > 0 for w in self.widths), n, f"widths must be positive, got {self.widths!r}")
         require(len(self.depths) > 0 and all(d > 0 for d in self.depths), n, f"depths must be positive, got {self.depths!r}")
         require(self.loss in LOSS_KINDS, n, f"loss must be one of {LOSS_KINDS}, got {self.loss!r}")

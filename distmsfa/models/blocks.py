@@ -69,6 +69,15 @@ def build_config(cls: type[Config], presets: Mapping[str, Mapping[str, Any]], cf
     return cls.from_dict({**presets[preset], **cfg})
 
 
+def freeze_lists(cfg: Config, *fields: str) -> None:
+    """Turn (nested) lists from YAML/JSON into tuples on a frozen config, in ``__post_init__``."""
+    def conv(v):
+        return tuple(conv(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+    for f in fields:
+        object.__setattr__(cfg, f, conv(getattr(cfg, f)))
+
+
 def check_triples(name: str, field: str, value: Any, n: int) -> None:
     ok = isinstance(value, tuple) and len(value) == n and all(
         isinstance(s, tuple) and len(s) == 3 and all(isinstance(v, int) and v >= 1 for v in s) for s in value)

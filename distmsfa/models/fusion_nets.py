@@ -27,7 +27,7 @@ from torch import nn
 
 from distmsfa.config import Config, require
 from distmsfa.models.base import MultiSequenceModel
-from distmsfa.models.blocks import Head, ResBlock3d, build_config, check_triples
+from distmsfa.models.blocks import freeze_lists, Head, ResBlock3d, build_config, check_triples
 from distmsfa.models.losses import LOSS_KINDS, make_loss
 from distmsfa.models.registry import register_model
 
@@ -45,6 +45,7 @@ class FusionNetConfig(Config):
 
     def __post_init__(self) -> None:
         n = type(self).__name__
+        freeze_lists(self, "widths", "strides")
         require(len(self.widths) == 4 and all(isinstance(w, int) and w > 0 for w in self.widths), n,
                 f"widths must be 4 positive ints, got {self.widths!r}")
         check_triples(n, "strides", self.strides, 4)

@@ -13,6 +13,9 @@ maps the ``d``-wide result back to ``C`` (as in every multi-head attention).  Th
 convs are ``nn.Linear`` over the channel axis of a token-major ``(B, N, C)`` view: the same
 map, and the projections then come out head-contiguous without an extra copy.
 
+One head by default (``head_dim = attn_dim = 64``): eq. 2 is single-head, and on an H200 the
+flash kernels run a 64-wide head faster than two 32-wide ones (benchmarks, docs/models.md).
+
 ``alpha`` is a learned scalar (paper); it starts at ``alpha_init`` (default 0, as in
 DANet/SAGAN) so the module starts as the identity and the network starts as its Baseline.
 """
@@ -28,11 +31,16 @@ from distmsfa.config import ConfigError
 class MSFA(nn.Module):
     """Cross-sequence attention: queries from ``z1``, keys/values from ``z2``; output shaped as ``z1``."""
 
-    def __init__(self, channels: int, attn_dim: int = 64, heads: int = 2, alpha_init: float = 0.0) -> None:
+    def __init__(self, channels: int, attn_dim: int = 64, heads: int = 1, alpha_init: float = 0.0,
+                 kv_pool: tuple[int, int, int] = (1, 1, 1)) -> None:
         super().__init__()
         if attn_dim % heads:
             raise ConfigError(f"MSFA: attn_dim={attn_dim} must be divisible by attn_heads={heads}")
         self.heads = heads
+        # kv_pool > 1 average-pools the key/value sequence before projection (as PVT's
+        # spatial-reduction attention): N x N/prod(kv_pool) pairs instead of N x N.  Queries
+        # keep full resolution, so the output keeps z1's shape.  (1, 1, 1) = the paper.
+        self.kv_pool = tuple(kv_pool)
         self.head_dim = attn_dim // heads
         self.q = nn.Linear(channels, attn_dim)
         self.kv = nn.Linear(channels, 2 * attn_dim)
@@ -48,7 +56,10 @@ class MSFA(nn.Module):
         """Project to ``(B, heads, N, head_dim)`` tensors whose last dim is contiguous."""
         b, n = z1.shape[0], z1.shape[2] * z1.shape[3] * z1.shape[4]
         q = self.q(self.tokens(z1)).view(b, n, self.heads, self.head_dim).transpose(1, 2)
-        kv = self.kv(self.tokens(z2)).view(b, n, 2, self.heads, self.head_dim)
+        if self.kv_pool != (1, 1, 1):
+            z2 = F.avg_pool3d(z2, self.kv_pool, ceil_mode=True)
+        m = z2.shape[2] * z2.shape[3] * z2.shape[4]
+        kv = self.kv(self.tokens(z2)).view(b, m, 2, self.heads, self.head_dim)
         k, v = kv.unbind(2)
         return q, k.transpose(1, 2), v.transpose(1, 2)
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from distmsfa.config import Config, require
 from distmsfa.models.base import MultiSequenceModel
-from distmsfa.models.blocks import Head, ResBlock3d, build_config, check_triples, total_stride
+from distmsfa.models.blocks import freeze_lists, Head, ResBlock3d, build_config, check_triples, total_stride
 from distmsfa.models.losses import LOSS_KINDS, make_loss
 from distmsfa.models.msfa import MSFA
 from distmsfa.models.registry import register_model
@@ -45,7 +45,8 @@ class MSFANetConfig(Config):
     fusion: str = "msfa"  # 'msfa' (MSFANet) | 'concat' (Baseline)
     sequences: tuple[str, ...] = ("t1", "fs")
     attn_dim: int = 64  # d of Q, K (and V, see msfa.py); head_dim = attn_dim / attn_heads
-    attn_heads: int = 2
+    attn_heads: int = 1
+    kv_pool: tuple[int, int, int] = (1, 1, 1)  # >1: pool K/V tokens (cheaper attention); 1 = paper
     alpha_init: float = 0.0
     loss: str = "hybrid"  # hybrid | equal | fuse_only | bce
     log_weight_bound: float = 3.0
@@ -54,6 +55,7 @@ class MSFANetConfig(Config):
 
     def __post_init__(self) -> None:
         n = type(self).__name__
+        freeze_lists(self, "widths", "strides", "sequences", "kv_pool")
         require(len(self.widths) == 4 and all(isinstance(w, int) and w > 0 for w in self.widths), n,
                 f"widths must be 4 positive ints (shallow1, shallow2, branch1, branch2), got {self.widths!r}")
         check_triples(n, "strides", self.strides, 4)
@@ -64,6 +66,8 @@ class MSFANetConfig(Config):
                 "MSFA fusion needs both sequences; use fusion='concat' for a single-sequence Baseline")
         require(self.attn_dim > 0 and self.attn_heads > 0 and self.attn_dim % self.attn_heads == 0, n,
                 f"attn_dim ({self.attn_dim}) must be a positive multiple of attn_heads ({self.attn_heads})")
+        require(len(self.kv_pool) == 3 and all(isinstance(k, int) and k >= 1 for k in self.kv_pool), n,
+                f"kv_pool must be 3 positive ints (D, H, W pooling of keys/values), got {self.kv_pool!r}")
         require(self.loss in LOSS_KINDS, n, f"loss must be one of {LOSS_KINDS}, got {self.loss!r}")
         require(self.log_weight_bound > 0, n, f"log_weight_bound must be > 0, got {self.log_weight_bound}")
         require(self.prediction in ("primary", "mean"), n, f"prediction must be 'primary' or 'mean', got {self.prediction!r}")
@@ -100,7 +104,7 @@ class MSFANet(MultiSequenceModel):
         self.msfa = None
         if cfg.fusion == "msfa":
             # msfa["t1"]: queries from T1, keys/values from FS; msfa["fs"]: the other direction.
-            self.msfa = nn.ModuleDict({s: MSFA(w2, cfg.attn_dim, cfg.attn_heads, cfg.alpha_init) for s in self.sequences})
+            self.msfa = nn.ModuleDict({s: MSFA(w2, cfg.attn_dim, cfg.attn_heads, cfg.alpha_init, cfg.kv_pool) for s in self.sequences})
         self.fuse_block = ResBlock3d(w2 * len(self.sequences), w3, s3)
         self.heads = nn.ModuleDict({h: Head(w3, cfg.dropout) for h in heads})
 

@@ -130,3 +130,14 @@ def test_gpu_msfanet_fast_path_linear_memory():
         m.loss(out, torch.ones(2, device="cuda"))[0].backward()
         peaks.append(torch.cuda.max_memory_allocated())
     assert peaks[1] / peaks[0] < 6
+
+
+def test_kv_pool_keeps_output_shape_and_reduces_keys():
+    m = MSFA(16, attn_dim=32, heads=1, alpha_init=1.0, kv_pool=(1, 2, 2))
+    z1, z2 = _feats()
+    q, k, v = m.qkv(z1, z2)
+    assert q.shape[2] == 4 * 8 * 12 and k.shape[2] == v.shape[2] == 4 * 4 * 6
+    assert k.stride(-1) == 1 and k.shape[-1] == q.shape[-1]
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        out = m(z1, z2)
+    assert out.shape == z1.shape
