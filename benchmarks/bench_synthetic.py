@@ -20,6 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# Run from a checkout without installing: make the repository root importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 def machine() -> dict:
     import numpy

@@ -13,7 +13,9 @@ def demo_data(
     out: Path = typer.Option(..., "--out", help="Folder to write (new, empty, or a previous synthetic cohort)."),
     n: int = typer.Option(120, "--n", help="Number of cases (scans)."),
     sites: str = typer.Option("TAH,NHH", "--sites", help="Comma-separated site profiles (built in: TAH, NHH, SZH)."),
-    external_site: str = typer.Option("NHH", "--external-site", help="Site kept out of the folds downstream; 'none' for none."),
+    external_site: Optional[str] = typer.Option(
+        None, "--external-site", help="Site recorded as external (kept out of the folds downstream); 'none' for none. "
+        "Default: NHH when it is among the sites."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives identical files."),
     fmt: str = typer.Option("nifti", "--format", help="nifti (default) or dicom (one series folder per sequence)."),
     profile: str = typer.Option("demo", "--profile", help="Acquisition grids: demo (fast, coarse) or clinical (paper-like)."),
@@ -37,7 +39,10 @@ def demo_data(
     except (ConfigError, OSError) as exc:
         fail(str(exc))
     site_list = tuple(s.strip() for s in sites.split(",") if s.strip())
-    ext = None if external_site.strip().lower() in ("", "none") else external_site.strip()
+    if external_site is None:
+        ext = "NHH" if "NHH" in site_list else None
+    else:
+        ext = None if external_site.strip().lower() in ("", "none") else external_site.strip()
     try:
         manifest = generate_cohort(out, n, sites=site_list, external_site=ext, seed=seed, fmt=fmt.lower(),
                                    config=cfg, progress=not quiet, workers=workers)

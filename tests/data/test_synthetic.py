@@ -209,15 +209,22 @@ def test_cli_demo_data(tmp_path):
     app.command()(demo_data)
     runner = CliRunner()
     res = runner.invoke(app, ["--out", str(tmp_path / "d"), "--n", "3", "--sites", "TAH,SZH",
-                              "--external-site", "none", "--seed", "2", "--label-noise", "0", "--quiet"])
+                              "--seed", "2", "--label-noise", "0", "--quiet"])
     assert res.exit_code == 0, res.output
     df = pd.read_csv(tmp_path / "d" / "manifest.csv")
     assert len(df) == 3 and set(df.site) <= {"TAH", "SZH"}
     meta = json.loads((tmp_path / "d" / "cohort.json").read_text())
     assert meta["external_site"] is None and meta["config"]["label_noise"] == 0
-    bad = runner.invoke(app, ["--out", str(tmp_path / "e"), "--n", "3", "--profile", "huge"])
-    assert bad.exit_code == 2
-    assert bad.output.strip().count("\n") == 0 and "profile must be one of demo, clinical" in bad.output
+    assert json.loads((tmp_path / "d" / "cohort.json").read_text())["external_site"] is None, \
+        "no NHH among the sites: no external site by default"
+    res = runner.invoke(app, ["--out", str(tmp_path / "f"), "--n", "3", "--external-site", "TAH", "--quiet"])
+    assert res.exit_code == 0 and json.loads((tmp_path / "f" / "cohort.json").read_text())["external_site"] == "TAH"
+    for args, msg in ((["--profile", "huge"], "profile must be one of demo, clinical"),
+                      (["--sites", "TAH,XYZ"], "unknown site 'XYZ'"),
+                      (["--format", "png"], "format must be one of nifti, dicom")):
+        bad = runner.invoke(app, ["--out", str(tmp_path / "e"), "--n", "3", *args])
+        assert bad.exit_code == 2, bad.output
+        assert bad.output.strip().count("\n") == 0 and msg in bad.output
 
 
 @pytest.mark.slow
