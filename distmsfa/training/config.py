@@ -96,7 +96,9 @@ class CVConfig(Config):
     share of each Ray Data loading task (small, so loading is never starved by the
     workers).  ``max_parallel``: cap on folds running at once (None = what the cluster
     fits).  ``max_failures``: worker failures a fold recovers from (from its last
-    checkpoint).  ``materialize_val``: keep each fold's validation pairs in the object
+    checkpoint).  ``materialize_train``: load the fold's training pairs into the object
+    store once (False: stream them from storage every epoch, for sets larger than the
+    object store; costs a Ray Data execution per epoch).  ``materialize_val``: keep each fold's validation pairs in the object
     store instead of re-reading them every epoch.  ``read_concurrency``: cap on a fold's
     parallel Ray Data read tasks (None = Ray Data decides; each task is a process)."""
 
@@ -106,6 +108,7 @@ class CVConfig(Config):
     data_cpus: float = 0.25
     max_parallel: Optional[int] = None
     max_failures: int = 3
+    materialize_train: bool = True
     materialize_val: bool = True
     read_concurrency: Optional[int] = 2
 

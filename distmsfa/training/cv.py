@@ -54,7 +54,9 @@ class CVMonitor:
         return out
 
     def fold_mean(self, metric: str, epoch: int) -> Optional[float]:
-        """Mean of ``metric`` at ``epoch`` over the folds; None until every fold reported it."""
+        """Mean of ``metric`` at ``epoch`` over the folds; None until every fold reported it.
+
+        An epoch re-run after a worker restart is reported again; its last value counts."""
         vals = {int(e["fold"]): e.get(metric) for e in self.events if int(e["epoch"]) == epoch}
         if set(vals) != set(self.folds) or any(v is None or (isinstance(v, float) and math.isnan(v)) for v in vals.values()):
             return None
@@ -264,7 +266,7 @@ def _run_ray(data, index, todo, tcfg, ccfg, run_dir, address, event, live) -> di
                     "train_rows": _rows(train), "val_rows": _rows(val), "name": f"fold{f}",
                     "storage_path": str(run_dir / "ray"), "use_gpu": use_gpu, "gpus_per_fold": ccfg.gpus_per_fold,
                     "cpus_per_fold": ccfg.cpus_per_fold, "data_cpus": ccfg.data_cpus,
-                    "materialize_train": True, "materialize_val": ccfg.materialize_val,
+                    "materialize_train": ccfg.materialize_train, "materialize_val": ccfg.materialize_val,
                     "max_failures": ccfg.max_failures, "read_concurrency": ccfg.read_concurrency}
             ray_train.dump_spec(spec, os.path.join(fold_dir, "spec.json"))
             specs.append(spec)

@@ -75,17 +75,20 @@ class RayReporter:
     def on_epoch(self, fold: int, metrics: dict[str, float], state: dict[str, Any], is_best: bool) -> None:
         import ray.train
 
+        # The hub first: an epoch must never go missing from the driver's view (a Tune trial
+        # waits for every fold's epoch).  A worker killed before the checkpoint below is
+        # committed re-runs the epoch and pushes it again: consumers keep the last value.
+        if self.hub is not None:
+            self.hub.push.remote({**metrics, "pid": os.getpid()})
         with tempfile.TemporaryDirectory(prefix="distmsfa-ckpt-") as tmp:
             torch.save(state, os.path.join(tmp, STATE_FILE))
             ray.train.report(dict(metrics), checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_epoch{int(metrics['epoch']):04d}")
         # The controller registers a reported checkpoint when it next polls the worker; a
         # worker killed before that restarts without it.  Wait for the commit, so that an
-        # epoch the driver (or a Tune trial) has seen is always one a restart resumes after.
+        # epoch in metrics.jsonl is always one a restart resumes after.
         ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
         self.files.on_epoch(fold, metrics, state, is_best)
-        if self.hub is not None:
-            self.hub.push.remote({**metrics, "pid": os.getpid()})
 
 
 def mark(fold_dir: str, event: str, **extra: Any) -> None:
