@@ -141,11 +141,12 @@ class Anatomy:
         vessel = self.vessel_r - np.sqrt((au - self.vessel_u) ** 2 + (w - self.vessel_w) ** 2)
         # Sacral foramina: AP channels through the anterior sacrum, four levels.
         fu = hw - 18.0
-        levels = self.v_hi - 6 - 20.0 * np.arange(4)
-        fv = np.min(np.abs(v[..., None] - levels), axis=-1)
+        top = self.v_hi - 6  # four levels, 20 mm apart, downwards from here
+        fv = v - (top - 20.0 * np.clip(np.rint((top - v) / 20.0), 0, 3))
         foramen = m(3.0 - np.sqrt((au - fu) ** 2 + fv ** 2), m(sacrum, half + 4 - w))
         return {"sacrum": sacrum, "ilium": ilium, "cleft": cleft, "ligament": ligament,
-                "body": body, "pelvic_fat": pelvic_fat, "vessel": vessel, "foramen": foramen}
+                "body": body, "pelvic_fat": pelvic_fat, "vessel": vessel, "foramen": foramen,
+                "half_width": hw}
 
     def texture(self, q: np.ndarray) -> np.ndarray:
         """Smooth marrow heterogeneity in [-1, 1], a function of physical position only."""
@@ -161,8 +162,7 @@ class Anatomy:
         cartilaginous joint's depth (+-2 mm), limited to bone and cleft, like a radiologist's
         outline of the joint."""
         u, w, v = q[..., 0], q[..., 1], q[..., 2]
-        hw = self.half_width(u, w, v)
-        mid = hw + self.gap / 2
+        mid = d["half_width"] + self.gap / 2
         band = (np.abs(np.abs(u) - mid) < radius) & (v > self.v_lo - 1) & (v < self.v_hi + 2)
         band &= (w > -self.depth / 2 - 2) & (w < self.depth / 2 + 2)
         tissue = (d["sacrum"] > 0) | (d["ilium"] > 0) | (d["cleft"] > -0.5)

@@ -136,8 +136,8 @@ def generate_cohort(out: str | Path, n: int = 120, *, sites: Sequence[str] = ("T
     cfg = config or CohortConfig()
     out = Path(out)
     sites = tuple(sites)
-    if n < 2:
-        raise ValueError(f"n must be >= 2 (one case per class at least), got {n}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if not sites or len(set(sites)) != len(sites):

@@ -51,8 +51,8 @@ class Lesion:
 
 def membership(les: Lesion, q: np.ndarray, tex: np.ndarray, pix: float) -> np.ndarray:
     """Partial-volume membership in [0, 1] of local points ``q`` (ramp one pixel wide)."""
-    rel = (q - np.asarray(les.center, dtype=np.float32)) / np.asarray(les.radii, dtype=np.float32)
-    rho = np.sqrt(np.sum(rel * rel, axis=-1)) * (1 + 0.18 * tex)  # irregular border
+    r2 = sum(((q[..., i] - np.float32(les.center[i])) / np.float32(les.radii[i])) ** 2 for i in range(3))
+    rho = np.sqrt(r2) * (1 + 0.18 * tex)  # irregular border
     return np.clip((1 - rho) * min(les.radii) / pix + 0.5, 0, 1)
 
 
