@@ -2,24 +2,34 @@
 
 One block per case (so a slow case never holds others back), ``map`` with one CPU per
 task; results stream back to the driver with ``iter_rows`` as they finish.
-``process_case`` never raises, and ``max_errored_blocks`` lets Ray Data skip a block
-whose worker died (e.g. a native crash in a reader): the driver reports such a case as
-failed instead of losing the whole run.
+``process_case`` never raises.  A worker *process* that dies (a native crash in a
+reader, the OOM killer) is different: Ray Data retries such tasks forever by default, so
+``max_retries=MAX_RETRIES`` bounds it and ``max_errored_blocks`` lets the dataset skip
+the block; the driver then reports that case as failed instead of hanging or losing the
+whole run.
 """
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from typing import Callable, Iterator
 
 from distmsfa.data.case import process_case
 
+#: Retries of a case whose worker process died (one retry covers a lost node).
+MAX_RETRIES = 1
 
-def _map_row(row: dict) -> dict:
-    return process_case(json.loads(row["task"]))
+
+def _mapper(fn: Callable[[dict], dict]) -> Callable[[dict], dict]:
+    def _map_row(row: dict) -> dict:
+        return fn(json.loads(row["task"]))
+
+    return _map_row
 
 
-def run_tasks_ray(tasks: list[dict], *, address: str | None = None, num_workers: int | None = None) -> Iterator[dict]:
-    """Run ``process_case`` over ``tasks`` on Ray Data; yield result dicts as they finish.
+def run_tasks_ray(tasks: list[dict], *, address: str | None = None, num_workers: int | None = None,
+                  fn: Callable[[dict], dict] = process_case) -> Iterator[dict]:
+    """Run ``fn`` (default ``process_case``) over ``tasks`` on Ray Data; yield result dicts
+    as they finish.  Tasks whose worker died are not yielded (the caller reports them).
 
     Connects to ``address`` (or a running Ray); starts a local Ray when none runs, and
     shuts down only a Ray it started itself."""
@@ -41,7 +51,7 @@ def run_tasks_ray(tasks: list[dict], *, address: str | None = None, num_workers:
         ds = ray.data.from_items([{"task": json.dumps(t)} for t in tasks], override_num_blocks=len(tasks))
         cpus = int(ray.available_resources().get("CPU", 1)) or 1
         conc = max(1, min(num_workers or cpus, len(tasks)))
-        ds = ds.map(_map_row, num_cpus=1, concurrency=conc)
+        ds = ds.map(_mapper(fn), num_cpus=1, concurrency=conc, max_retries=MAX_RETRIES)
         for row in ds.iter_rows():
             yield dict(row)
     finally:

@@ -89,3 +89,29 @@ def test_ray_data_build_readback_resume(ray_cluster, tmp_path, monkeypatch):
         assert list(pd.read_csv(out / "failed.csv")["case_id"]) == ["bad"]
     finally:
         ray.shutdown()
+
+
+def _crash_on_bad(task: dict) -> dict:
+    import os
+
+    if task["case"]["case_id"] == "crash":
+        os._exit(3)  # a native crash: the worker process dies, nothing is returned
+    return {"case_id": task["case"]["case_id"], "status": "done", "reason": "", "row_json": "{}"}
+
+
+def test_dead_worker_is_skipped_not_retried_forever(ray_cluster, monkeypatch):
+    import sys
+
+    import ray
+
+    from distmsfa.data.ray_preprocess import run_tasks_ray
+
+    _connect(ray_cluster.address, monkeypatch)
+    try:
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        tasks = [{"case": {"case_id": c}} for c in ("a", "crash", "b", "c")]
+        got = sorted(r["case_id"] for r in run_tasks_ray(tasks, fn=_crash_on_bad))
+        assert got == ["a", "b", "c"]
+        assert ray.data.DataContext.get_current().max_errored_blocks == 0  # global settings restored
+    finally:
+        ray.shutdown()
