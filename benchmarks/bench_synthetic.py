@@ -6,7 +6,8 @@ worker processes, measured in one run on this machine.
 Writes JSON: per (profile, workers): cases, seconds, cases/s, mean bytes written per case;
 the 2-worker/1-worker ratio per profile; machine info (CPU, cores, load average, library
 versions).  Load from other processes on a shared machine lowers the figures: the load
-average before and after each measurement is recorded with it.
+average before and after each measurement is recorded with it, and so is the CPU time
+(this process and its worker processes), whose cases per CPU-second does not depend on load.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -49,12 +51,17 @@ def measure(profile: str, n: int, workers: int, seed: int = 0) -> dict:
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
         cpu0 = time.process_time()
+        kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         generate_cohort(out, n=n, seed=seed, config=CohortConfig(profile=profile), progress=False, workers=workers)
         dt = time.perf_counter() - t0
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = time.process_time() - cpu0 + (kids.ru_utime - kids0.ru_utime) + (kids.ru_stime - kids0.ru_stime)
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
         return {"profile": profile, "workers": workers, "cases": n, "seconds": round(dt, 3),
                 "cases_per_s": round(n / dt, 3), "mb_per_case": round(size / n / 1e6, 3),
-                "driver_cpu_s": round(time.process_time() - cpu0, 3),
+                "cpu_s": round(cpu, 3), "cpu_s_per_case": round(cpu / n, 3),
+                # load-independent: what one core renders per second when it is not shared
+                "cases_per_cpu_s": round(n / cpu, 3),
                 "loadavg_1min_before": round(load0, 2), "loadavg_1min_after": round(os.getloadavg()[0], 2)}
     finally:
         shutil.rmtree(out, ignore_errors=True)

@@ -249,3 +249,31 @@ def test_manifest_round_trips_through_preprocessing(tmp_path):
         assert set(np.unique(roi)) == {0, 1, 2}, "both joints inside the demo crop"
         # W runs to patient left in LIP: the left joint (1) lies at larger W than the right (2)
         assert np.argwhere(roi == 1)[:, 2].mean() > np.argwhere(roi == 2)[:, 2].mean()
+
+
+def test_yaml_config_with_a_custom_site(tmp_path):
+    """`--config` takes CohortConfig keys from YAML, custom scanner profiles included;
+    flags override the file."""
+    import typer
+    from typer.testing import CliRunner
+
+    from distmsfa.cli.demo_data import demo_data
+
+    (tmp_path / "c.yaml").write_text(
+        "label_noise: 0.0\nlesion_size: 1.3\nsites:\n"
+        "  - {name: TAH}\n"
+        "  - {name: GZH, field_strength_t: 1.5, noise_t1: 0.08, t1_scale: 500.0, inplane_scale: 1.5}\n")
+    app = typer.Typer()
+    app.command()(demo_data)
+    res = CliRunner().invoke(app, ["--out", str(tmp_path / "d"), "--n", "4", "--sites", "TAH,GZH",
+                                   "--external-site", "GZH", "--config", str(tmp_path / "c.yaml"),
+                                   "--lesion-size", "1.1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "d" / "cohort.json").read_text())
+    assert meta["config"]["lesion_size"] == 1.1 and meta["config"]["label_noise"] == 0.0
+    assert meta["external_site"] == "GZH"
+    gzh = pd.read_csv(tmp_path / "d" / "manifest.csv").query("site == 'GZH'").iloc[0]
+    assert sitk.ReadImage(str(tmp_path / "d" / gzh.t1)).GetSpacing()[0] == pytest.approx(1.6 * 1.5, rel=1e-4)
+    (tmp_path / "bad.yaml").write_text("label_nois: 0.1\n")
+    bad = CliRunner().invoke(app, ["--out", str(tmp_path / "e"), "--config", str(tmp_path / "bad.yaml")])
+    assert bad.exit_code == 2 and "did you mean 'label_noise'" in bad.output
