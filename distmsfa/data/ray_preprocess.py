@@ -11,6 +11,7 @@ whole run.
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Callable, Iterator
 
 from distmsfa.data.case import process_case
@@ -51,7 +52,11 @@ def run_tasks_ray(tasks: list[dict], *, address: str | None = None, num_workers:
         ds = ray.data.from_items([{"task": json.dumps(t)} for t in tasks], override_num_blocks=len(tasks))
         cpus = int(ray.available_resources().get("CPU", 1)) or 1
         conc = max(1, min(num_workers or cpus, len(tasks)))
-        ds = ds.map(_mapper(fn), num_cpus=1, concurrency=conc, max_retries=MAX_RETRIES)
+        with warnings.catch_warnings():
+            # Ray 2.60 has no named parameter for max_retries yet (its **ray_remote_args is
+            # deprecated "for Ray 2.64"); without it a crashing case is retried forever.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            ds = ds.map(_mapper(fn), num_cpus=1, concurrency=conc, max_retries=MAX_RETRIES)
         for row in ds.iter_rows():
             yield dict(row)
     finally:
