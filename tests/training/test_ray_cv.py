@@ -170,3 +170,42 @@ def test_killed_driver_run_continues_with_resume(synthetic_dataset, ray_cluster,
             assert (log["epoch"] == 0).sum() == 1
             resumed.append(f)
     assert resumed
+
+
+def _tune_trial(config):
+    """A Ray Tune function trainable wrapping a whole CV run, as the HPO issue will."""
+    from ray import tune
+
+    reported = set()
+
+    def on_epoch(event, monitor):
+        e = int(event["epoch"])
+        m = monitor.fold_mean("val_auc", e)
+        if m is not None and e not in reported:
+            reported.add(e)
+            tune.report({"fold_mean_val_auc": m, "epoch": e})
+
+    run_cv(config["data"], "msfanet", profile="cpu", out=config["out"], on_epoch=on_epoch, progress=False,
+           overrides={"lr": config["lr"], "epochs": 2, "num_threads": 1})
+
+
+def test_cv_run_inside_a_tune_trial_reports_the_fold_mean_every_epoch(tiny_dataset, ray_conn, tmp_path):
+    import ray.cloudpickle
+    from ray import tune
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # test modules are not importable by workers
+    tuner = tune.Tuner(
+        tune.with_resources(_tune_trial, {"CPU": 0.1}),  # the folds' TorchTrainers reserve their own
+        param_space={"lr": 1e-3, "data": str(tiny_dataset), "out": str(tmp_path / "cv")},
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), name="cv_in_trial"))
+    grid = tuner.fit()
+    res = grid[0]
+    assert res.error is None, res.error
+    hist = res.metrics_dataframe
+    assert list(hist["epoch"]) == [0, 1]
+    summary = json.loads((tmp_path / "cv" / "summary.json").read_text())
+    assert summary["folds_done"] == [0, 1]
+    folds = [pd.read_csv(tmp_path / "cv" / "folds" / f"fold{f}" / "history.csv") for f in (0, 1)]
+    for e in (0, 1):
+        expect = np.mean([h["val_auc"].iloc[e] for h in folds])
+        assert hist["fold_mean_val_auc"].iloc[e] == pytest.approx(expect)
