@@ -48,9 +48,11 @@ class HeadsLoss(nn.Module):
 
     def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor):
         used = [h for h, w in zip(self.heads, self.weights) if w != 0]
-        terms = dict(zip(used, _bce(outputs, target, used)))
-        loss = sum(w * terms[h] for h, w in zip(self.heads, self.weights) if w != 0)
-        logs = {f"loss_{h}": float(v.detach()) for h, v in terms.items()}
+        terms = torch.stack(_bce(outputs, target, used))
+        w = torch.tensor([w for w in self.weights if w != 0], device=terms.device)
+        loss = (w * terms).sum()
+        # One device->host copy for all logged values (each float() would be a GPU sync).
+        logs = {f"loss_{h}": v for h, v in zip(used, terms.detach().cpu().tolist())}
         logs.update({f"w_{h}": w for h, w in zip(self.heads, self.weights)})
         return loss, logs
 
@@ -76,9 +78,13 @@ class UncertaintyWeightedLoss(nn.Module):
     def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor):
         terms = torch.stack(_bce(outputs, target, self.heads))
         s = self.log_variances()
-        loss = (torch.exp(-s) * terms + s).sum()
-        logs = {f"loss_{h}": float(v) for h, v in zip(self.heads, terms.detach())}
-        logs.update({f"w_{h}": v for h, v in self.effective_weights().items()})
+        w = torch.exp(-s)
+        loss = (w * terms + s).sum()
+        # One device->host copy for all logged values (each float() would be a GPU sync).
+        values = torch.cat([terms.detach(), w.detach()]).cpu().tolist()
+        k = len(self.heads)
+        logs = {f"loss_{h}": v for h, v in zip(self.heads, values[:k])}
+        logs.update({f"w_{h}": v for h, v in zip(self.heads, values[k:])})
         return loss, logs
 
 
