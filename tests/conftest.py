@@ -14,6 +14,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Ray 2.5x+ token auth on local clusters: `ray start` turns it on when ~/.ray/auth_token exists,
+# but a driver given an explicit address only sends the token when RAY_AUTH_MODE=token. Make
+# the mode explicit before Ray is imported (RayConfig caches it) and make sure a token exists,
+# so clusters, drivers and job clients agree on any machine, fresh or not.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
 
 def real_data_dir() -> Path:
     return Path(os.environ.get("DISTMSFA_REAL_DATA", REPO.parent / "shared" / "data"))
@@ -62,6 +68,8 @@ class LocalCluster:
             self.env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
             if extra_nodes:
                 pytest.skip("multi-node tests need the loopback-only namespace: run via tests/isolated.sh")
+        if self.env.get("RAY_AUTH_MODE") == "token":
+            self._run([_ray_bin(), "get-auth-token", "--generate"])
         common = [f"--num-cpus={num_cpus}", "--disable-usage-stats"]
         self._run(
             [_ray_bin(), "start", "--head", f"--port={self.port}", "--include-dashboard=true",
