@@ -239,7 +239,10 @@ def _run_ray(data, index, todo, tcfg, ccfg, run_dir, address, event, live) -> di
         else:
             # At least 4 logical CPUs on a small machine: each fold's worker reserves one,
             # the Ray Data loading tasks need a share too (docs/training.md, "Resources").
-            ray.init(num_cpus=max(4, os.cpu_count() or 1), log_to_driver=False)
+            try:
+                ray.init(num_cpus=max(4, os.cpu_count() or 1), log_to_driver=False)
+            except ValueError:  # Ray found a running local cluster (`ray start`): join it as it is
+                ray.init(log_to_driver=False)
         started = True
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
