@@ -1,7 +1,7 @@
 """Synthetic-cohort generation throughput (cases/s), demo and clinical profiles, 1 and 2
 worker processes, measured in one run on this machine.
 
-    python benchmarks/bench_synthetic.py [--out benchmarks/results/synthetic.json] [--n-demo 24] [--n-clinical 4]
+    python benchmarks/bench_synthetic.py [--out benchmarks/out/bench_synthetic.json] [--n-demo 24] [--n-clinical 4]
 
 Writes JSON: per (profile, workers): cases, seconds, cases/s, mean bytes written per case;
 the 2-worker/1-worker ratio per profile; machine info (CPU, cores, load average, library
@@ -69,7 +69,7 @@ def measure(profile: str, n: int, workers: int, seed: int = 0) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results/synthetic.json")
+    ap.add_argument("--out", default="benchmarks/out/bench_synthetic.json")
     ap.add_argument("--n-demo", type=int, default=24)
     ap.add_argument("--n-clinical", type=int, default=4)
     args = ap.parse_args()
