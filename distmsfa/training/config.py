@@ -52,7 +52,9 @@ class TrainConfig(Config):
     out-of-fold predictions, applied when the CV summary is computed; per-epoch metrics
     always use ``threshold_value``).  ``num_threads``: torch intra-op threads per worker
     (None = leave torch's default; the CV runner sets cores / parallel folds).
-    ``deterministic``: ``torch.use_deterministic_algorithms(True, warn_only=True)``."""
+    ``deterministic``: ``torch.use_deterministic_algorithms(True, warn_only=True)``; None
+    (default) = on CPU only (on CUDA deterministic 3D-conv kernels cost speed, and
+    ``cudnn.benchmark`` is turned on instead)."""
 
     model: str = "msfanet"
     model_cfg: dict[str, Any] = field(default_factory=dict)
@@ -67,7 +69,7 @@ class TrainConfig(Config):
     threshold: str = "fixed"
     threshold_value: float = 0.5
     num_threads: Optional[int] = None
-    deterministic: bool = True
+    deterministic: Optional[bool] = None
 
     def __post_init__(self) -> None:
         n = type(self).__name__

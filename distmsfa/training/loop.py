@@ -179,18 +179,23 @@ def _atomic_save(obj: Any, path: str) -> None:
 
 
 @contextlib.contextmanager
-def _torch_settings(cfg: TrainConfig):
+def _torch_settings(cfg: TrainConfig, rt: Runtime):
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_threads = torch.get_num_threads()
+    prev_bench = torch.backends.cudnn.benchmark
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
-    if cfg.deterministic:
+    det = cfg.deterministic if cfg.deterministic is not None else rt.device.type == "cpu"
+    if det:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    elif rt.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv kernels once
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(prev_det, warn_only=True)
         torch.set_num_threads(prev_threads)
+        torch.backends.cudnn.benchmark = prev_bench
 
 
 def load_state(path: str) -> dict[str, Any]:
@@ -208,7 +213,7 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
     run continues at the epoch after it, and is bit-identical to an uninterrupted run on
     CPU because every epoch reseeds from ``(seed, epoch)``."""
     rt = resolve_runtime(cfg.precision, device)
-    with _torch_settings(cfg):
+    with _torch_settings(cfg, rt):
         seed_everything(cfg.seed)
         model = build_model(cfg, rt)
         optimizer = torch.optim.Adam(model.param_groups(cfg.weight_decay), lr=cfg.lr)
