@@ -13,6 +13,8 @@ sequence, named after the sequence ("t1", "fs").
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -78,8 +80,12 @@ def gradcam(model: nn.Module, x: torch.Tensor, branches: list[str] | None = None
         before = {id(m): (set(m._forward_hooks), set(m._backward_hooks)) for m in model.modules()}
         try:
             cam = GradCAM(wrapper, target_layers=layer_name, postprocessing=_scale01)
-            with torch.enable_grad():
+            with torch.enable_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # MONAI's hook warning; we raise below
                 maps = cam(xb, class_idx=0)  # (k*B, 1, D, H, W)
+        except IndexError as e:  # MONAI found no gradient at the layer
+            raise ValueError(f"the {name!r} Grad-CAM layer does not influence the {hd!r} head; "
+                             f"choose another head (heads: {list(model.head_names)})") from e
         finally:
             _remove_new_hooks(model, before)
         maps = maps[:, 0].detach().cpu().numpy().astype(np.float32)
