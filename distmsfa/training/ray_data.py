@@ -105,8 +105,13 @@ class RaySource:
         self._refs: dict[str, Any] | None = None
         self._val_refs: list[Any] | None = None
         self._keep: list[Any] = []  # materialized datasets: holding them keeps their blocks alive
+        self._loading = None
         if materialize_train:
-            self._refs = dict(zip(self.train_ids, self._materialize(self.train)))
+            # Load in the background: the worker builds its model meanwhile (imports, init).
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._loader = ThreadPoolExecutor(1, thread_name_prefix="distmsfa-materialize")
+            self._loading = self._loader.submit(self._materialize, self.train)
 
     def _materialize(self, rows: pd.DataFrame) -> list[Any]:
         """Load ``rows`` into the object store with Ray Data; one block reference per case, in order."""
@@ -145,6 +150,10 @@ class RaySource:
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:  # a generator: nothing starts before next()
         plan = epoch_plan(self.train_ids, self.seed, epoch, self.batch_size)
+        if self._loading is not None:
+            self._refs = dict(zip(self.train_ids, self._loading.result()))
+            self._loading = None
+            self._loader.shutdown(wait=False)
         if self._refs is not None:
             batches = self._iter_refs([self._refs[c] for c in plan])
         else:
