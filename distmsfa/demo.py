@@ -36,11 +36,18 @@ def run_demo(
     from distmsfa.data.synthetic import generate_cohort
     from distmsfa.training import run_cv
 
+    import os
+    import time
+
     out = Path(out)
-    manifest = generate_cohort(out / "cohort", n=n, seed=seed)
+    # Generation is per-case seeded, so the worker count never changes the cohort.
+    manifest = generate_cohort(out / "cohort", n=n, seed=seed, workers=min(2, os.cpu_count() or 1))
     data = out / "data"
     pre = PreprocessConfig(target_spacing_mm=DEMO_SPACING_MM, crop_size=DEMO_CROP, seed=seed)
     build_dataset(manifest, data, pre, address=address, external_sites=("NHH",))
     overrides = {"epochs": epochs} if epochs else {}
-    result = run_cv(data, model, profile=profile, out=out / "runs", address=address, overrides=overrides)
+    # A fresh run folder per invocation: re-running the demo never collides with an old run
+    # (cohort and dataset are reused: preprocessing skips unchanged cases).
+    run_dir = out / "runs" / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = run_cv(data, model, profile=profile, out=run_dir, address=address, overrides=overrides)
     return DemoResult(manifest=manifest, data=data, run_dir=result.run_dir, summary=result.summary)

@@ -127,6 +127,16 @@ def ray_cluster(tmp_path_factory):
 
 
 @pytest.fixture()
+def ray_conn(ray_cluster):
+    """This process connected as a driver to the session's real cluster; disconnected after."""
+    import ray
+
+    ray.init(address=ray_cluster.address, log_to_driver=False)
+    yield ray_cluster
+    ray.shutdown()
+
+
+@pytest.fixture()
 def two_node_cluster():
     """A real two-node cluster (head + one worker node) on loopback; function-scoped.
 

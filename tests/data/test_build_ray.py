@@ -29,17 +29,8 @@ def _load_and_hash(row: dict) -> dict:
 
 
 def _connect(address: str, monkeypatch) -> None:
-    """`ray start` turns token auth on when ~/.ray/auth_token exists, but ray.init with an
-    explicit address only sends the token when RAY_AUTH_MODE=token (Ray 2.5x+)."""
-    import os
-
     import ray
 
-    if os.path.exists(os.path.expanduser("~/.ray/auth_token")) and "RAY_AUTH_MODE" not in os.environ:
-        from ray._raylet import Config
-
-        monkeypatch.setenv("RAY_AUTH_MODE", "token")
-        Config.initialize("")  # RayConfig caches the mode read at import; refresh it (as Ray itself does)
     ray.init(address=address)
 
 

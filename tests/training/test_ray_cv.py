@@ -25,26 +25,6 @@ REPO = Path(__file__).resolve().parents[2]
 COMPARE = ("train_loss", "val_loss", "val_auc", "val_acc", "val_sen", "val_spec", "val_f1", "train_w_fuse")
 
 
-def _token_auth() -> bool:
-    """`ray start` enables token auth when ~/.ray/auth_token exists; a driver given an explicit
-    address sends the token only with RAY_AUTH_MODE=token (Ray 2.5x+)."""
-    return os.path.exists(os.path.expanduser("~/.ray/auth_token")) and "RAY_AUTH_MODE" not in os.environ
-
-
-@pytest.fixture()
-def ray_conn(ray_cluster, monkeypatch):
-    import ray
-
-    if _token_auth():
-        from ray._raylet import Config
-
-        monkeypatch.setenv("RAY_AUTH_MODE", "token")
-        Config.initialize("")  # RayConfig caches the mode read at import; refresh it
-    ray.init(address=ray_cluster.address, log_to_driver=False)
-    yield ray_cluster
-    ray.shutdown()
-
-
 def _lines(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -133,8 +113,6 @@ def test_killed_driver_run_continues_with_resume(synthetic_dataset, ray_cluster,
     cmd = [sys.executable, "-c", CLI, "--data", str(synthetic_dataset), "--model", "msfanet", "--profile", "cpu",
            "--config", str(cfg), "--out", str(run), "--address", ray_cluster.address]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    if _token_auth():
-        env["RAY_AUTH_MODE"] = "token"
     with open(tmp_path / "first.log", "wb") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         deadline = time.time() + 240
