@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads in both paths (1: a fold's worker reserves one CPU; more oversubscribes a small box)")
     ap.add_argument("--address", default=None)
-    ap.add_argument("--out", default="bench_training.json")
+    ap.add_argument("--out", default="benchmarks/out/bench_training.json")
     args = ap.parse_args()
 
     import ray
@@ -169,6 +169,7 @@ def main() -> None:
                            "note": "the model's rate is at --shape; compare MB/s (GPU reference: about 2 GB/s)"}
     result["c_data_path"] = c
     ray.shutdown()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps({"a_ratio": result["a_throughput"]["ratio"],
                       "b_submit_to_first_batch_s": result["b_fold_start"]["submit_to_first_batch_s"],

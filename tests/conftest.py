@@ -58,6 +58,8 @@ class LocalCluster:
     def __init__(self, tmp: Path, num_cpus: int = 4, extra_nodes: int = 0) -> None:
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.dashboard_port = _free_port()
+        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
         self.tmp = tmp
         # Short temp dir: Ray's unix socket paths must stay under 108 characters.
         self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
@@ -73,7 +75,7 @@ class LocalCluster:
         common = [f"--num-cpus={num_cpus}", "--disable-usage-stats"]
         self._run(
             [_ray_bin(), "start", "--head", f"--port={self.port}", "--include-dashboard=true",
-             "--dashboard-host=127.0.0.1", f"--dashboard-port={_free_port()}",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
              f"--ray-client-server-port={_free_port()}", f"--temp-dir={tmp}", *common]
         )
         for _ in range(extra_nodes):

@@ -70,7 +70,7 @@ def test_benchmark_script_writes_json(tmp_path):
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_models.py"), "--device", "cpu", "--preset", "tiny",
                     "--models", "msfanet", "--reference", "--modes", "fp32/ncdhw", "--iters", "1", "--warmup", "0",
                     "--threads", "1", "--set", "msfanet@h2:attn_heads=2", "--out", str(out)],
-                   check=True, capture_output=True, text=True, timeout=300)
+                   check=True, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     report = json.loads(out.read_text())
     assert report["complete"] and {r["model"] for r in report["results"]} == {"reference", "msfanet", "msfanet@h2"}
     for r in report["results"]:

@@ -88,7 +88,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
 def _peak_mib(tokens: int, backend: str) -> float:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = subprocess.run([sys.executable, "-c", _PROBE, str(tokens), backend], env=env, check=True,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     return float(out.stdout.strip().splitlines()[-1])
 
 

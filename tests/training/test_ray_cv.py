@@ -132,7 +132,7 @@ def test_killed_driver_run_continues_with_resume(synthetic_dataset, ray_cluster,
     assert not any(psutil.pid_exists(p) for p in old), "the killed driver's Train workers are still running"
     before = {f: len(_lines(run / "folds" / f"fold{f}" / "metrics.jsonl")) for f in (0, 1)}
 
-    done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=400, cwd=REPO)
+    done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=400, cwd=REPO)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["folds_done"] == [0, 1]

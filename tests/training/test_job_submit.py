@@ -1,0 +1,41 @@
+"""The cluster entry point: `ray job submit ... -- distmsfa cv ...` against a real two-node
+Ray cluster on loopback (head + worker node started with `ray start`)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def test_cv_submitted_as_a_ray_job_to_a_two_node_cluster(two_node_cluster, synthetic_dataset, tmp_path):
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("train:\n  epochs: 1\n  num_threads: 1\n")
+    run = tmp_path / "run"
+    env = dict(two_node_cluster.env)
+    status = subprocess.run(
+        [ray_bin, "status", f"--address={two_node_cluster.address}"], env=env, capture_output=True, encoding="utf-8", errors="replace",
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.count("node_") >= 2, status.stdout  # two alive nodes
+
+    cmd = [ray_bin, "job", "submit", f"--address={two_node_cluster.dashboard_url}", "--",
+           "distmsfa", "cv", "--data", str(synthetic_dataset), "--model", "msfanet", "--profile", "cpu",
+           "--config", str(cfg), "--folds", "0,1", "--out", str(run)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "succeeded" in (proc.stdout + proc.stderr).lower()
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert sorted(int(f) for f in summary["folds"]) == [0, 1]
+    for k in (0, 1):
+        assert (run / "folds" / f"fold{k}" / "result.json").exists()
+        assert (run / "folds" / f"fold{k}" / "best.pt").exists()
+    assert (run / "learning_curves.png").stat().st_size > 0
