@@ -80,6 +80,20 @@ class LocalCluster:
         )
         for _ in range(extra_nodes):
             self._run([_ray_bin(), "start", f"--address={self.address}", *common])
+        self._wait_for_nodes(1 + extra_nodes)
+
+    def _wait_for_nodes(self, n: int, timeout: float = 90.0) -> None:
+        """`ray start` returns before a worker node has registered: wait until n are active."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = subprocess.run([_ray_bin(), "status", f"--address={self.address}"], env=self.env,
+                                 capture_output=True, encoding="utf-8", errors="replace", timeout=60).stdout
+            active = out.split("Active:", 1)[-1].split("Pending:", 1)[0]
+            if active.count("node_") >= n:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {active.count('node_')} of {n} Ray nodes came up:\n{out}")
+            time.sleep(1.0)
 
     def _run(self, cmd: list[str]) -> None:
         subprocess.run(cmd, check=True, env=self.env, capture_output=True, timeout=180)
