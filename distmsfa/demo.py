@@ -45,8 +45,9 @@ def run_demo(
 
         if not ray.is_initialized():
             # One local Ray for both stages (each would otherwise start and stop its own), with
-            # at least 4 logical CPUs: a fold's worker reserves one, its data loading a share.
-            ray.init(num_cpus=max(4, os.cpu_count() or 1), log_to_driver=False)
+            # logical CPUs for the four folds to run at once: a fold's worker reserves one CPU
+            # and its data loading a quarter (docs/training.md, "Resources").
+            ray.init(num_cpus=max(5, os.cpu_count() or 1), log_to_driver=False)
     # Generation is per-case seeded, so the worker count never changes the cohort.
     manifest = generate_cohort(out / "cohort", n=n, seed=seed, workers=min(2, os.cpu_count() or 1))
     data = out / "data"

@@ -161,8 +161,8 @@ def to_3d(img: sitk.Image, what: str = "image") -> sitk.Image:
     return img
 
 
-def read_image(path: str, series: str | None = None, what: str = "image") -> LoadedImage:
-    """Read one 3-D scalar image as float32 from a file, a DICOM folder or a URI of either."""
+def _read_any(path: str, series: str | None, what: str) -> tuple[sitk.Image, str]:
+    """A 3-D image and the checksum of its source, from a file, a DICOM folder or a URI of either."""
     if not uris.exists(path):
         raise ImageReadError(f"{what}: file not found: {path if uris.is_uri(path) else os.path.basename(path)}")
     with uris.local_copy(path) as local:
@@ -173,23 +173,18 @@ def read_image(path: str, series: str | None = None, what: str = "image") -> Loa
         else:
             img = _read_file(local, what)
             digest = uris.sha256_file(local)
-    img = to_3d(img, what)
+    return to_3d(img, what), digest
+
+
+def read_image(path: str, series: str | None = None, what: str = "image") -> LoadedImage:
+    """Read one 3-D scalar image as float32 from a file, a DICOM folder or a URI of either."""
+    img, digest = _read_any(path, series, what)
     return LoadedImage(sitk.Cast(img, sitk.sitkFloat32), digest, path)
 
 
 def read_label_map(path: str, what: str = "roi") -> LoadedImage:
     """Read an ITK-SNAP-style label map (integer labels kept) as uint8."""
-    if not uris.exists(path):
-        raise ImageReadError(f"{what}: file not found: {path if uris.is_uri(path) else os.path.basename(path)}")
-    with uris.local_copy(path) as local:
-        if os.path.isdir(local):
-            info = dicom.select_series(local, None, what)
-            img = dicom.read_series(info, what)
-            digest = uris.sha256_files(list(info.files))
-        else:
-            img = _read_file(local, what)
-            digest = uris.sha256_file(local)
-    img = to_3d(img, what)
+    img, digest = _read_any(path, None, what)
     arr = sitk.GetArrayViewFromImage(img)
     if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 255 or not np.all(np.mod(arr, 1) == 0):
         raise ImageReadError(f"{what}: label map must hold integer labels 0..255")

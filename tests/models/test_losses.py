@@ -12,15 +12,6 @@ from distmsfa.models.losses import UncertaintyWeightedLoss, make_loss
 HEADS = ("fuse", "t1", "fs")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small ops: OpenMP threads only spin when the 2 cores are shared (see test_models_registry).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_hybrid_weights_stay_positive_finite_over_many_steps():
     torch.manual_seed(0)
     loss_fn = make_loss("hybrid", HEADS)

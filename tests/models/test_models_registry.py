@@ -15,16 +15,6 @@ MODELS = list_models()
 SHAPE = (2, 2, 8, 32, 48)  # (B, 2, D, H, W); divisible by every default total stride
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny convs gain nothing from 2 threads, and OpenMP threads spin badly when the 2 cores
-    # are shared with other work (measured: 1 s single-threaded vs 10-25 s with 2 threads).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(name: str, **over):
     # alpha starts at 0 (MSFA = identity), which zeroes the attention projections' first
     # gradient by design; a non-zero alpha lets the gradient test see them too.

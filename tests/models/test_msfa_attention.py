@@ -8,21 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from distmsfa.models.msfa import MSFA
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small ops: OpenMP threads only spin when the 2 cores are shared (see test_models_registry).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _feats(b=2, c=16, d=4, h=8, w=12, **kw):

@@ -3,7 +3,6 @@ Ray cluster on loopback (head + worker node started with `ray start`)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
