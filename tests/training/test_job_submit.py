@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,14 @@ def test_cv_submitted_as_a_ray_job_to_a_two_node_cluster(two_node_cluster, synth
     cmd = [ray_bin, "job", "submit", f"--address={two_node_cluster.dashboard_url}", "--",
            "distmsfa", "cv", "--data", str(synthetic_dataset), "--model", "msfanet", "--profile", "cpu",
            "--config", str(cfg), "--folds", "0,1", "--out", str(run)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+    deadline = time.monotonic() + 90
+    while True:
+        proc = subprocess.run(cmd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+        # The head's job agent comes up some seconds after the dashboard answers: Ray asks
+        # clients to retry ("No available agent to submit job, please try again later").
+        if proc.returncode == 0 or "No available agent" not in proc.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(3)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in (proc.stdout + proc.stderr).lower()
 
