@@ -34,7 +34,7 @@ def test_cv_submitted_as_a_ray_job_to_a_two_node_cluster(two_node_cluster, synth
         proc = subprocess.run(cmd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
         # The head's job agent comes up some seconds after the dashboard answers: Ray asks
         # clients to retry ("No available agent to submit job, please try again later").
-        if proc.returncode == 0 or "No available agent" not in proc.stderr or time.monotonic() > deadline:
+        if proc.returncode == 0 or "No available agent" not in proc.stdout + proc.stderr or time.monotonic() > deadline:
             break
         time.sleep(3)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
