@@ -39,6 +39,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _node_ports() -> list[str]:
+    """Fixed-default ports of a node's agents, made unique: two clusters on one machine (the
+    session cluster and a multi-node one) would otherwise share 52365 and the second head's
+    job agent never serves ("No available agent to submit job")."""
+    return [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
+
+
 def _loopback_only() -> bool:
     """True inside a network namespace whose only interface is loopback (tests/isolated.sh)."""
     try:
@@ -76,10 +84,10 @@ class LocalCluster:
         self._run(
             [_ray_bin(), "start", "--head", f"--port={self.port}", "--include-dashboard=true",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-             f"--ray-client-server-port={_free_port()}", f"--temp-dir={tmp}", *common]
+             f"--ray-client-server-port={_free_port()}", f"--temp-dir={tmp}", *common, *_node_ports()]
         )
         for _ in range(extra_nodes):
-            self._run([_ray_bin(), "start", f"--address={self.address}", *common])
+            self._run([_ray_bin(), "start", f"--address={self.address}", *common, *_node_ports()])
         self._wait_for_nodes(1 + extra_nodes)
 
     def _wait_for_nodes(self, n: int, timeout: float = 90.0) -> None:
