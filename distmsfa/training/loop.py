@@ -107,6 +107,15 @@ def _logs_to_float(logs: dict[str, Any]) -> dict[str, float]:
     return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in (logs or {}).items()}
 
 
+def _forward(model, x: torch.Tensor, rt: Runtime) -> dict[str, torch.Tensor]:
+    """Model heads as float32 logits: the layout and autocast of ``rt`` applied to ``x``."""
+    if rt.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    with _autocast(rt):
+        out = model(x)
+    return {k: v.float() for k, v in out.items()}
+
+
 def train_epoch(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, epoch: int, rt: Runtime) -> dict[str, float]:
     model.train()
     total, n, wait, logs_sum = 0.0, 0, 0.0, {}
@@ -115,11 +124,7 @@ def train_epoch(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, ep
         wait += time.perf_counter() - t_end
         x, y = to_device(batch, rt)
         x = augment_batch(x, cfg.augment, cfg.seed, epoch, step)
-        if rt.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        with _autocast(rt):
-            out = model(x)
-        out = {k: v.float() for k, v in out.items()}
+        out = _forward(model, x, rt)
         loss, logs = model.loss(out, y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"epoch {epoch} step {step}: loss is {float(loss)}; lower lr or enable grad_clip")
@@ -148,11 +153,7 @@ def evaluate(model, batches: Iterable[Batch], rt: Runtime) -> EvalOutput:
     labels, probs, heads, total = [], [], {}, 0.0
     for batch in batches:
         x, y = to_device(batch, rt)
-        if rt.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        with _autocast(rt):
-            out = model(x)
-        out = {k: v.float() for k, v in out.items()}
+        out = _forward(model, x, rt)
         loss, _ = model.loss(out, y)
         total += float(loss) * int(y.shape[0])
         ids.extend(str(c) for c in batch["case_id"])
