@@ -133,11 +133,16 @@ def _intensity_stats(data: str, case_ids: list[str]) -> dict[str, Any]:
     index = read_index(data)
     rows = index[index["case_id"].astype(str).isin(set(case_ids))].to_dict("records")
     means = np.array([load_pair(data, r).astype(np.float32).reshape(2, -1).mean(1) for r in rows]) if rows else np.zeros((0, 2))
-    out: dict[str, Any] = {"what": "per-case mean intensity of the prepared crop, over the CV cases"}
+    out: dict[str, Any] = {"what": "per-case mean intensity of the prepared crop, and the fraction of the crop "
+                                   "inside each image's field of view, over the CV cases"}
     for i, seq in enumerate(("t1", "fs")):
         v = means[:, i] if len(means) else np.zeros(0)
         out[seq] = {"n": int(v.size), "mean": float(v.mean()) if v.size else None,
                     "sd": float(v.std(ddof=1)) if v.size > 1 else None}
+        col = f"{seq}_coverage"  # written by build_dataset (absent in hand-made datasets)
+        cov = pd.to_numeric(pd.Series([r.get(col) for r in rows], dtype=object), errors="coerce").dropna()
+        out[seq]["coverage_min"] = float(cov.min()) if len(cov) else None
+        out[seq]["coverage_median"] = float(cov.median()) if len(cov) else None
     return out
 
 

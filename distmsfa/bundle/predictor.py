@@ -26,8 +26,10 @@ from distmsfa.bundle.layout import (CHECKSUMS_FILE, BundleError, bundle_checksum
 SPACING_SLACK = 0.10
 #: A size this many times above/below the cohort's median size is worth a warning.
 SIZE_FACTOR = 2.0
-#: Crops covered less than this by an image's field of view are worth a warning.
+#: Crops covered less than this by an image's field of view are worth a warning (or less than
+#: the least-covered training case, when the bundle records it), minus COVERAGE_SLACK.
 MIN_COVERAGE = 0.95
+COVERAGE_SLACK = 0.05
 #: A case's mean intensity this many cohort SDs from the cohort mean is worth a warning.
 INTENSITY_SDS = 4.0
 
@@ -169,9 +171,12 @@ class EnsemblePredictor:
         warnings = self.check_images(t1, fs)
         res = preprocess_images(t1, fs, roi, self.preprocess_config, self.spacing_dhw)
         for seq, cov in (("t1", res.t1_coverage), ("fs", res.fs_coverage)):
-            if cov < MIN_COVERAGE:
-                warnings.append(f"{seq} covers {cov:.0%} of the crop around the ROI; the rest is zero padding "
-                                f"(field of view smaller than the {self.crop_size} crop at {self.spacing_dhw} mm)")
+            lowest = (self.intensity.get(seq) or {}).get("coverage_min")
+            floor = MIN_COVERAGE if lowest is None else min(MIN_COVERAGE, float(lowest))
+            if cov < floor - COVERAGE_SLACK:
+                seen = f"training cases: >= {lowest:.0%}" if lowest is not None else f"expected >= {MIN_COVERAGE:.0%}"
+                warnings.append(f"{seq} covers {cov:.0%} of the crop around the ROI ({seen}); the rest is zero "
+                                f"padding (field of view smaller than the {self.crop_size} crop at {self.spacing_dhw} mm)")
         for i, seq in enumerate(("t1", "fs")):
             st = self.intensity.get(seq) or {}
             if st.get("sd") and st.get("n", 0) >= 5:

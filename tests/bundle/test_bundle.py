@@ -222,3 +222,19 @@ def test_bundle_info(tiny_bundle):
     assert info["checksum"] == bundle_checksum(tiny_bundle) and len(info["checksum"]) == 64
     assert info["size_bytes"] == sum(p.stat().st_size for p in tiny_bundle.rglob("*") if p.is_file())
     assert info["crop_size"] == [8, 32, 32] and "OPTIMISTIC" in info["cv_estimate"]
+
+
+def test_gradcam_is_the_mean_of_the_fold_maps(tiny_bundle, tiny_data):
+    from distmsfa.models.gradcam import gradcam
+
+    pred = load_bundle(tiny_bundle, device="cpu")
+    _, x = _cases(tiny_data)
+    x = x[1:2]  # one axSpA case
+    maps = pred.gradcam(x)
+    assert set(maps) == {"t1", "fs", "fuse"}
+    ref = [gradcam(m, torch.from_numpy(x)) for m in pred.models]
+    for k, v in maps.items():
+        assert v.shape == (1, *pred.crop_size) and v.dtype == np.float32
+        np.testing.assert_allclose(v, np.mean([r[k] for r in ref], 0), atol=1e-5)
+        assert 0.0 <= v.min() and v.max() <= 1.0 + 1e-6
+    assert set(pred.gradcam(x, branches=["fuse"])) == {"fuse"}
