@@ -185,9 +185,9 @@ def export_bundle(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     from distmsfa.training.loop import BEST_FILE, LAST_FILE, resolve_runtime
 
     if checkpoint not in CHECKPOINTS:
-        raise BundleError(f"checkpoint={checkpoint!r}; use one of {CHECKPOINTS}")
+        raise BundleError(f"checkpoint {checkpoint!r}: use one of {', '.join(CHECKPOINTS)} (--checkpoint)")
     if threshold_policy not in THRESHOLD_POLICIES:
-        raise BundleError(f"threshold policy {threshold_policy!r}; use one of {THRESHOLD_POLICIES}")
+        raise BundleError(f"threshold policy {threshold_policy!r}: use one of {', '.join(THRESHOLD_POLICIES)} (--threshold)")
     run_dir = Path(run_dir).resolve()
     out = Path(out).resolve()
     rec = _read_run(run_dir)

@@ -28,8 +28,7 @@ def export(
                                        "run's threshold_value (0.5)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out."),
 ) -> None:
-    """Export a CV run as a bundle: fold weights (safetensors), preprocessing, threshold, metrics,
-    model card, checksums."""
+    """Export a CV run as a bundle (fold weights, preprocessing, threshold, metrics, model card, checksums)."""
     from distmsfa.bundle import BundleError, bundle_info, export_bundle
     from distmsfa.config import ConfigError
 

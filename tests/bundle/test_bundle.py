@@ -238,3 +238,16 @@ def test_gradcam_is_the_mean_of_the_fold_maps(tiny_bundle, tiny_data):
         np.testing.assert_allclose(v, np.mean([r[k] for r in ref], 0), atol=1e-5)
         assert 0.0 <= v.min() and v.max() <= 1.0 + 1e-6
     assert set(pred.gradcam(x, branches=["fuse"])) == {"fuse"}
+
+
+def test_weights_that_do_not_fit_the_recorded_model_are_refused(copy):
+    """A self-consistent bundle (checksums rewritten) whose bundle.json names another model config."""
+    from distmsfa.bundle.layout import write_checksums
+
+    meta = json.loads((copy / "bundle.json").read_text())
+    meta["model"]["model_cfg"] = {"preset": "tiny", "widths": [8, 16, 32, 64]}
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    write_checksums(copy)
+    verify_bundle(copy)
+    with pytest.raises(BundleError, match=r"weights/fold0.safetensors: weights do not fit model 'msfanet'"):
+        load_bundle(copy, device="cpu")

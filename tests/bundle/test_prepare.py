@@ -70,3 +70,19 @@ def test_prepare_warns_about_a_small_field_of_view(syn, pred):
     band = fs[:, :, n[2] // 2 - 1:n[2] // 2 + 1] if n[2] > 4 else fs[:, n[1] // 2 - 1:n[1] // 2 + 1, :]
     _, warnings = pred.prepare(t1, band, roi)
     assert any(w.startswith("fs covers") and "zero padding" in w for w in warnings), warnings
+
+
+def test_prepare_warns_about_intensity_far_from_the_training_cases(syn, pred):
+    case = load_manifest(syn[0]).cases[0]
+    t1, fs, roi = _raw(case)
+    # a constant-ish background with one bright speck: after the percentile scaling almost every
+    # voxel is 0, far below the training cases' mean crop intensity
+    arr = sitk.GetArrayFromImage(fs).astype(np.float32)
+    dark = np.zeros_like(arr)
+    dark.flat[:: 97] = 1.0
+    img = sitk.GetImageFromArray(dark)
+    img.CopyInformation(fs)
+    _, warnings = pred.prepare(t1, img, roi)
+    msgs = [w for w in warnings if w.startswith("fs mean intensity")]
+    assert msgs and "SD below the training cases'" in msgs[0], warnings
+    assert pred.intensity["fs"]["n"] >= 5 and pred.intensity["fs"]["sd"] > 0
