@@ -187,6 +187,33 @@ class EnsemblePredictor:
                                     f"{'above' if z > 0 else 'below'} the training cases' ({st['mean']:.3f} ± {st['sd']:.3f})")
         return res, warnings
 
+    def dataset_differences(self, data: str | os.PathLike[str]) -> list[str]:
+        """How the dataset at ``data`` was prepared differently from the bundle's training data
+        (one line per preprocessing parameter that differs; empty = the same preprocessing).
+        A dataset without ``fingerprint.json`` gives one line saying so."""
+        from distmsfa.data import index as dsindex
+
+        try:
+            params = (json.loads(dsindex.read_bytes(str(data), dsindex.FINGERPRINT_FILE)).get("params") or {})
+        except (FileNotFoundError, OSError, ValueError):
+            return [f"{data}: no readable {dsindex.FINGERPRINT_FILE}; its preprocessing is unknown"]
+        mine = {**self.preprocess_config.to_dict(), "resolved_spacing_dhw": list(self.spacing_dhw)}
+        theirs_pv = params.get("preprocess_version")
+        mine_pv = ((self.fingerprint.get("params") or {}).get("preprocess_version"))
+        out = []
+        for key in ("resolved_spacing_dhw", "crop_size", "orientation", "clip_percentiles", "normalize_region",
+                    "interpolation"):
+            a, b = mine.get(key), params.get(key)
+            if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+                same = len(a) == len(b) and all(abs(float(x) - float(y)) <= 1e-6 for x, y in zip(a, b))
+            else:
+                same = a == b
+            if not same:
+                out.append(f"{key}: dataset {b} vs bundle {a}")
+        if theirs_pv != mine_pv:
+            out.append(f"preprocess_version: dataset {theirs_pv} vs bundle {mine_pv}")
+        return out
+
     # ------------------------------------------------------------------ Grad-CAM
     def gradcam(self, x: Any, branches: Optional[Iterable[str]] = None) -> dict[str, np.ndarray]:
         """Per-branch Grad-CAM maps ``{branch: (B, D, H, W)}`` averaged over the fold models

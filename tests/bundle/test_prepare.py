@@ -86,3 +86,23 @@ def test_prepare_warns_about_intensity_far_from_the_training_cases(syn, pred):
     msgs = [w for w in warnings if w.startswith("fs mean intensity")]
     assert msgs and "SD below the training cases'" in msgs[0], warnings
     assert pred.intensity["fs"]["n"] >= 5 and pred.intensity["fs"]["sd"] > 0
+
+
+def test_dataset_differences(syn, pred, tmp_path):
+    import json
+    import shutil
+
+    data = syn[1]
+    assert pred.dataset_differences(data) == []
+    other = tmp_path / "other"
+    other.mkdir()
+    fp = json.loads((data / "fingerprint.json").read_text())
+    fp["params"]["crop_size"] = [8, 32, 32]
+    fp["params"]["resolved_spacing_dhw"] = [4.0, 0.5, 0.5]
+    (other / "fingerprint.json").write_text(json.dumps(fp))
+    diffs = pred.dataset_differences(other)
+    assert diffs == ["resolved_spacing_dhw: dataset [4.0, 0.5, 0.5] vs bundle [5.0, 2.5, 2.5]",
+                     "crop_size: dataset [8, 32, 32] vs bundle [8, 48, 64]"]
+    shutil.rmtree(other)
+    other.mkdir()
+    assert "no readable fingerprint.json" in pred.dataset_differences(other)[0]
