@@ -150,6 +150,8 @@ def _cv_metrics(oof: pd.DataFrame, epochs: dict[int, int], policy: str, fixed: f
     from distmsfa.training.report import summarize
 
     s = summarize(oof, epochs, policy, fixed)
+    for f, row in s["folds"].items():  # summarize's "best_epoch" is the exported checkpoint's epoch here
+        row["checkpoint_epoch"] = row["best_epoch"]
     s["estimate"] = SELECTED_LABEL if checkpoint == "selected" else LAST_LABEL
     s["how"] = ("each fold's model scored on its own validation fold (out-of-fold); mean ± std (ddof=1) over "
                 "folds and pooled over all out-of-fold cases, at the bundle's threshold")
@@ -157,6 +159,16 @@ def _cv_metrics(oof: pd.DataFrame, epochs: dict[int, int], policy: str, fixed: f
         s["threshold_note"] = ("the Youden threshold was chosen on these same out-of-fold predictions: ACC/SEN/SPEC/F1 "
                                "here are optimistic for that reason too; AUC does not depend on it")
     return s
+
+
+def _run_summary(run_dir: Path) -> Any:
+    """The run's own summary.json as it is (whatever estimates the run recorded), or None."""
+    from distmsfa.training.cv import SUMMARY_FILE
+
+    try:
+        return json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def _prepare_out(out: Path, force: bool) -> None:
@@ -239,6 +251,7 @@ def export_bundle(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
         "threshold": {"value": float(thr), "policy": threshold_policy, "source": "pooled out-of-fold predictions",
                       "n_cases": int(len(oof))},
         "cv_metrics": cv_metrics,
+        "run_summary": _run_summary(run_dir),
         "preprocess": preprocess,
         "fingerprint": fp,
         "intensity": _intensity_stats(data, list(oof["case_id"].astype(str))),

@@ -42,8 +42,18 @@ def test_export_writes_the_documented_layout(tiny_bundle, tiny_run):
     files = sorted(p.relative_to(tiny_bundle).as_posix() for p in tiny_bundle.rglob("*") if p.is_file())
     assert files == ["MODEL_CARD.md", "bundle.json", "checksums.json", "oof_predictions.csv",
                      "weights/fold0.safetensors", "weights/fold1.safetensors"]
-    meta = json.loads((tiny_bundle / "bundle.json").read_text())
+    def no_nan(c):
+        raise AssertionError(f"bundle.json holds {c}: not strict JSON")
+
+    meta = json.loads((tiny_bundle / "bundle.json").read_text(), parse_constant=no_nan)
     assert meta["format"] == "distmsfa-bundle/1" and meta["folds"] == [0, 1] and meta["checkpoint"] == "selected"
+    run_summary = json.loads((tiny_run / "summary.json").read_text())
+    assert meta["run_summary"]["folds"].keys() == run_summary["folds"].keys()
+    # same policy as the run (youden): the bundle's CV metrics are the run's summary
+    assert meta["cv_metrics"]["mean"] == pytest.approx(run_summary["mean"], nan_ok=True)
+    assert meta["cv_metrics"]["threshold"] == pytest.approx(run_summary["threshold"])
+    best = {f: json.loads((tiny_run / "folds" / f"fold{f}" / "result.json").read_text())["best_epoch"] for f in (0, 1)}
+    assert meta["checkpoint_epochs"] == {str(f): e for f, e in best.items()}
     assert meta["model"] == {"name": "msfanet", "model_cfg": {"preset": "tiny"}}
     assert "OPTIMISTIC" in meta["selection"] and "OPTIMISTIC" in meta["cv_metrics"]["estimate"]
     assert meta["preprocess"]["crop_size"] == [8, 32, 32] and meta["preprocess"]["spacing_dhw"] == [4.0, 0.5, 0.5]
