@@ -11,6 +11,7 @@ returns, or the dataset's ``pairs/<case>.npy``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,8 +20,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from distmsfa.bundle.layout import (CHECKSUMS_FILE, BundleError, bundle_checksum, sha256_file, verify_bundle,
-                                    weight_file)
+from distmsfa.bundle.layout import CHECKSUMS_FILE, BundleError, bundle_checksum, verify_bundle, weight_file
 
 #: Relative slack before a spacing outside the training cohort's range is worth a warning.
 SPACING_SLACK = 0.10
@@ -248,8 +248,6 @@ def load_bundle(path: str | os.PathLike[str], device: str | torch.device | None 
     for f in meta["folds"]:
         rel = weight_file(f)
         data = (root / rel).read_bytes()
-        import hashlib
-
         if hashlib.sha256(data).hexdigest() != sums[rel]:  # changed since verify_bundle read it
             raise BundleError(f"{rel}: altered (sha256 differs from {CHECKSUMS_FILE}) in bundle {root}")
         try:
@@ -264,4 +262,4 @@ def load_bundle(path: str | os.PathLike[str], device: str | torch.device | None 
     return EnsemblePredictor(root, meta, models, rt, bundle_checksum(root))
 
 
-__all__ = ["EnsemblePredictor", "load_bundle", "build_fold_model", "run_models", "sha256_file"]
+__all__ = ["EnsemblePredictor", "load_bundle", "build_fold_model", "run_models"]
