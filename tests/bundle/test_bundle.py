@@ -261,3 +261,14 @@ def test_weights_that_do_not_fit_the_recorded_model_are_refused(copy):
     verify_bundle(copy)
     with pytest.raises(BundleError, match=r"weights/fold0.safetensors: weights do not fit model 'msfanet'"):
         load_bundle(copy, device="cpu")
+
+
+def test_the_bundle_core_imports_no_ray(tiny_bundle):
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from distmsfa.bundle import load_bundle; import distmsfa.evaluation.stats; "
+            f"load_bundle({str(tiny_bundle)!r}, device='cpu').predict(np.zeros((1, 2, 8, 32, 32), np.float32)); "
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
