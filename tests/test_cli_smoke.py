@@ -18,7 +18,7 @@ from distmsfa.models import create_model, list_models
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_models_lists_every_registered_model_with_its_size():
+def test_models_lists_every_registered_model_with_the_sizes_docs_quote():
     res = CliRunner().invoke(app, ["models"])
     assert res.exit_code == 0, res.output
     rows = {}
@@ -28,6 +28,12 @@ def test_models_lists_every_registered_model_with_its_size():
         rows[m[1]] = (m[2], float(m[3]))
     assert list(rows) == list_models()
     assert rows["baseline_t1"][0] == "t1" and rows["baseline_fs"][0] == "fs" and rows["msfanet"][0] == "t1,fs"
+    # docs/models.md's registry table quotes the same sizes
+    table = re.findall(r"(?m)^\| `(\w+)` \|.*\| ([\d.]+) M \| ([\d.]+) k \|$", (REPO / "docs" / "models.md").read_text())
+    assert sorted(n for n, _, _ in table) == sorted(rows)
+    assert {n: float(v) for n, v, _ in table} == {n: round(v, 2) for n, (_, v) in rows.items()}
+    tiny = {n: round(sum(p.numel() for p in create_model(n, preset="tiny").parameters()) / 1e3) for n in rows}
+    assert {n: int(k) for n, _, k in table} == tiny
     for name in ("msfanet", "efficientnet_dual"):  # building every full-size model twice is slow
         n = sum(p.numel() for p in create_model(name).parameters())
         assert rows[name][1] == pytest.approx(n / 1e6, abs=0.006), name
