@@ -16,9 +16,10 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def test_cv_submitted_as_a_ray_job_to_a_two_node_cluster(two_node_cluster, synthetic_dataset, tmp_path):
     ray_bin = str(Path(sys.executable).with_name("ray"))
     cfg = tmp_path / "cfg.yaml"
-    # 1.5 CPUs per fold worker on 2-CPU nodes: the two folds cannot share a node, so one must
-    # run on the worker node (checked below through the node ids the workers record)
-    cfg.write_text("train:\n  epochs: 1\n  num_threads: 1\ncv:\n  cpus_per_fold: 1.5\n")
+    # the cpu profile's fold worker takes 1 CPU and the head has 1: the two folds cannot both
+    # run on the head, so one must run on the worker node (checked below through the node ids
+    # the workers record)
+    cfg.write_text("train:\n  epochs: 1\n  num_threads: 1\n")
     run = tmp_path / "run"
     env = dict(two_node_cluster.env)
     status = subprocess.run(
