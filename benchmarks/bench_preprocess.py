@@ -24,8 +24,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-T1 = dict(size=(512, 512, 20), spacing=(0.45, 0.45, 4.0))
-FS = dict(size=(448, 448, 24), spacing=(0.35, 0.35, 3.0))
+#: Case sizes: "clinical" is the benchmark; "tiny" (small grids and crop) only checks that the
+#: script runs end to end and writes its JSON (tests/test_benchmarks.py), its figures mean nothing.
+SIZES = {
+    "clinical": {"t1": dict(size=(512, 512, 20), spacing=(0.45, 0.45, 4.0)),
+                 "fs": dict(size=(448, 448, 24), spacing=(0.35, 0.35, 3.0)), "crop": None},
+    "tiny": {"t1": dict(size=(64, 48, 12), spacing=(4.0, 4.0, 8.0)),
+             "fs": dict(size=(72, 56, 14), spacing=(3.5, 3.5, 7.0)), "crop": (8, 16, 40)},
+}
+T1, FS = SIZES["clinical"]["t1"], SIZES["clinical"]["fs"]
 
 
 def make_cases(folder: Path, n: int) -> Path:
@@ -51,7 +58,11 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=8)
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "bench_preprocess.json"))
     ap.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir, removed)")
+    ap.add_argument("--size", default="clinical", choices=sorted(SIZES),
+                    help="case size: clinical (the benchmark) or tiny (a smoke run; figures not meaningful)")
     args = ap.parse_args()
+    global T1, FS
+    T1, FS = SIZES[args.size]["t1"], SIZES[args.size]["fs"]
 
     import numpy as np
     import ray
@@ -65,7 +76,8 @@ def main() -> None:
         manifest = make_cases(work / "src", args.cases)
         gen_s = time.perf_counter() - t
         src_mb = sum(f.stat().st_size for f in (work / "src").glob("*.nii.gz")) / 1e6
-        cfg = PreprocessConfig()
+        crop = SIZES[args.size]["crop"]
+        cfg = PreprocessConfig(crop_size=crop) if crop else PreprocessConfig()
 
         # serial twice: the first run also pays one-off imports (sklearn, pyarrow...)
         t = time.perf_counter()
@@ -102,6 +114,7 @@ def main() -> None:
                         "python": platform.python_version(), "ray": ray.__version__, "SimpleITK": sitk.Version_VersionString(),
                         "numpy": np.__version__},
             "cases": n,
+            "size": args.size,
             "t1": {"size_xyz": T1["size"], "spacing_xyz_mm": T1["spacing"]},
             "fs": {"size_xyz": FS["size"], "spacing_xyz_mm": FS["spacing"]},
             "source_mb": round(src_mb, 1),

@@ -72,16 +72,23 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/out/bench_synthetic.json")
     ap.add_argument("--n-demo", type=int, default=24)
     ap.add_argument("--n-clinical", type=int, default=4)
+    ap.add_argument("--profiles", default="demo,clinical",
+                    help="comma-separated cohort profiles to measure (a smoke run: --profiles demo --n-demo 2)")
     args = ap.parse_args()
+    profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    unknown = sorted(set(profiles) - {"demo", "clinical"})
+    if unknown or not profiles:
+        ap.error(f"--profiles takes demo and/or clinical, got {args.profiles!r}")
     measure("demo", 2, 1)  # warm-up: imports, page cache
     runs = []
-    for profile, n in (("demo", args.n_demo), ("clinical", args.n_clinical)):
+    sizes = {"demo": args.n_demo, "clinical": args.n_clinical}
+    for profile, n in ((p, sizes[p]) for p in profiles):
         for workers in (1, 2):
             r = measure(profile, n, workers)
             print(json.dumps(r), flush=True)
             runs.append(r)
     ratios = {}
-    for profile in ("demo", "clinical"):
+    for profile in profiles:
         one = next(r for r in runs if r["profile"] == profile and r["workers"] == 1)
         two = next(r for r in runs if r["profile"] == profile and r["workers"] == 2)
         ratios[profile] = round(two["cases_per_s"] / one["cases_per_s"], 3)

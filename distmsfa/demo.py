@@ -30,8 +30,9 @@ def run_demo(
     profile: str = "cpu",
     address: str | None = None,
     epochs: int | None = None,
+    folds: int = 4,
 ) -> DemoResult:
-    """Generate the cohort, preprocess it with Ray Data, run k-fold CV with Ray Train."""
+    """Generate the cohort, preprocess it with Ray Data, run ``folds``-fold CV with Ray Train."""
     from distmsfa.data import PreprocessConfig, build_dataset
     from distmsfa.data.synthetic import generate_cohort
     from distmsfa.training import run_cv
@@ -51,7 +52,7 @@ def run_demo(
     # Generation is per-case seeded, so the worker count never changes the cohort.
     manifest = generate_cohort(out / "cohort", n=n, seed=seed, workers=min(2, os.cpu_count() or 1))
     data = out / "data"
-    pre = PreprocessConfig(target_spacing_mm=DEMO_SPACING_MM, crop_size=DEMO_CROP, seed=seed)
+    pre = PreprocessConfig(target_spacing_mm=DEMO_SPACING_MM, crop_size=DEMO_CROP, seed=seed, n_folds=folds)
     build_dataset(manifest, data, pre, address=address, external_sites=("NHH",))
     overrides = {"epochs": epochs} if epochs else {}
     # A fresh run folder per invocation: re-running the demo never collides with an old run

@@ -63,7 +63,7 @@ def _ray_bin() -> str:
 class LocalCluster:
     """A real Ray cluster of one or more nodes on 127.0.0.1, started with `ray start`."""
 
-    def __init__(self, tmp: Path, num_cpus: int = 4, extra_nodes: int = 0) -> None:
+    def __init__(self, tmp: Path, num_cpus: int = 4, extra_nodes: int = 0, head_cpus: int | None = None) -> None:
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.dashboard_port = _free_port()
@@ -81,10 +81,11 @@ class LocalCluster:
         if self.env.get("RAY_AUTH_MODE") == "token":
             self._run([_ray_bin(), "get-auth-token", "--generate"])
         common = [f"--num-cpus={num_cpus}", "--disable-usage-stats"]
+        head = [f"--num-cpus={head_cpus if head_cpus is not None else num_cpus}", "--disable-usage-stats"]
         self._run(
             [_ray_bin(), "start", "--head", f"--port={self.port}", "--include-dashboard=true",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-             f"--ray-client-server-port={_free_port()}", f"--temp-dir={tmp}", *common, *_node_ports()]
+             f"--ray-client-server-port={_free_port()}", f"--temp-dir={tmp}", *head, *_node_ports()]
         )
         for _ in range(extra_nodes):
             self._run([_ray_bin(), "start", f"--address={self.address}", *common, *_node_ports()])
@@ -162,12 +163,13 @@ def ray_conn(ray_cluster):
 
 @pytest.fixture()
 def two_node_cluster():
-    """A real two-node cluster (head + one worker node) on loopback; function-scoped.
+    """A real two-node cluster on loopback: a 1-CPU head and a 2-CPU worker node (so that
+    two 1-CPU fold workers cannot both fit on the head); function-scoped.
 
     Only works inside tests/isolated.sh (a loopback-only namespace); skips elsewhere."""
     tmp = Path(f"/tmp/rt2n{os.getpid()}")
     tmp.mkdir(exist_ok=True)
-    cluster = LocalCluster(tmp, num_cpus=2, extra_nodes=1)
+    cluster = LocalCluster(tmp, num_cpus=2, extra_nodes=1, head_cpus=1)
     yield cluster
     cluster.stop()
     shutil.rmtree(tmp, ignore_errors=True)

@@ -13,9 +13,10 @@ def demo(
     model: str = typer.Option("msfanet", "--model", help="A name from `distmsfa models`."),
     epochs: int = typer.Option(0, "--epochs", min=0, help="Override the profile's epochs (0 = keep)."),
     address: str = typer.Option(None, "--address", help="Ray address; default: start a local Ray."),
+    folds: int = typer.Option(4, "--folds", min=2, help="Cross-validation folds (the paper: 4)."),
 ) -> None:
     """Generate a synthetic sacroiliac cohort, preprocess it, cross-validate MSFANet, print the summary."""
     from distmsfa.demo import run_demo
 
-    res = run_demo(out, n=n, seed=seed, model=model, address=address, epochs=epochs or None)
+    res = run_demo(out, n=n, seed=seed, model=model, address=address, epochs=epochs or None, folds=folds)
     typer.echo(f"manifest: {res.manifest}\ndataset:  {res.data}\nrun:      {res.run_dir}")

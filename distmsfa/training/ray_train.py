@@ -107,7 +107,8 @@ def train_func(config: dict[str, Any]) -> None:
     os.makedirs(fold_dir, exist_ok=True)
     with open(os.path.join(fold_dir, PID_FILE), "a", encoding="utf-8") as fh:
         fh.write(f"{os.getpid()}\n")  # lets tests (and users) find the worker process
-    mark(fold_dir, "worker_start")
+    # the node id lets tests (and users) see where each fold ran on a multi-node cluster
+    mark(fold_dir, "worker_start", node_id=ray.get_runtime_context().get_node_id())
     cfg = TrainConfig.from_dict(config["train"])
     resume = None
     ckpt = ray.train.get_checkpoint()

@@ -39,10 +39,14 @@ def test_index_folds_and_fingerprint(cohort, tmp_path):
     idx = read_index(out)
     assert list(idx.columns[: len(INDEX_COLUMNS)]) == list(INDEX_COLUMNS)
     assert len(idx) == 10 and idx["case_id"].is_unique
-    # default spacing = median over T1 headers in canonical (D,H,W) order
+    # default spacing = median over T1 headers in canonical (D,H,W) = (A-P, S-I, R-L) order (LIP).
+    # Axial T1 (c01 c02 c04 c05 c07 c08): D=4, H=8 or 9 (z), W=4; coronal T1 (c00 c03 c06 c09):
+    # slices along A-P, so D=8 or 9, H=4, W=4.  Medians: D=4, H=8, W=4 (the raw x,y,z headers
+    # would give 4, 4, 8.5).
     fp = json.loads((out / "fingerprint.json").read_text())
     assert fp["dataset"]["t1"]["n"] == 10
-    assert tuple(rep.spacing_dhw) == tuple(fp["dataset"]["t1"]["median_spacing_dhw"])
+    assert tuple(rep.spacing_dhw) == (4.0, 8.0, 4.0)
+    assert tuple(fp["dataset"]["t1"]["median_spacing_dhw"]) == (4.0, 8.0, 4.0)
     for _, row in idx.iterrows():
         pair = load_pair(out, row, verify=True)
         assert pair.shape == (2, 8, 16, 40) and pair.dtype == np.float16 and list(row["shape"]) == [2, 8, 16, 40]

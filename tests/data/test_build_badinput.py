@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,7 @@ from distmsfa.cli.preprocess import preprocess
 from distmsfa.data.index import read_index
 from distmsfa.io.phantom import grid, render, write_case
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "io"))
-from test_readers import write_dicom_series  # noqa: E402
+from tests.io.test_readers import write_dicom_series
 
 GOOD = ("g1", "g2")
 

@@ -10,7 +10,7 @@ from distmsfa.data import PAPER_CROP_DHW
 from distmsfa.data.fingerprint import canonical_spacing_dhw
 from distmsfa.data.preprocess import PreprocessConfig, Roi, preprocess_images
 from distmsfa.io import ImageReadError
-from distmsfa.io.phantom import AXIAL, CORONAL, grid, render
+from distmsfa.io.phantom import AXIAL, CORONAL, grid, physical_points, render
 
 OBLIQUE_COR = tuple((np.asarray(sitk.VersorTransform((1, 0.3, 0.1), 0.2).GetMatrix()).reshape(3, 3)
                      @ np.asarray(CORONAL).reshape(3, 3)).ravel())
@@ -68,8 +68,23 @@ def test_canonical_orientation_lip_and_centring():
     w1 = np.argwhere(res.roi == 1)[:, 2].mean()
     w2 = np.argwhere(res.roi == 2)[:, 2].mean()
     assert w1 > CFG.crop_size[2] / 2 > w2
-    # the oedema sphere (superior, z=+10) sits above the crop centre on H (S->I)
     np.testing.assert_allclose(res.crop_size_mm, np.asarray(CFG.crop_size) * np.asarray(CFG.target_spacing_mm))
+    # the oedema sphere (LPS (45, 5, 10), r 9 mm: left, superior) lands where the crop geometry
+    # says: FS-bright on its own voxels (outside the joint it touches), FS at body level on its
+    # mirror images (a W or H flip of the arrays would swap them).
+    pts = physical_points(_crop_grid(res, CFG.crop_size))
+    fs_out = res.pair[1].astype(np.float32)
+
+    def sphere(c):
+        return ((((pts - np.asarray(c, np.float32)) / 9) ** 2).sum(-1) <= 1) & (res.roi == 0)
+
+    oedema = sphere((45, 5, 10))
+    assert oedema.sum() > 20
+    assert fs_out[oedema].mean() > 0.9
+    assert fs_out[sphere((-45, 5, 10))].mean() < 0.6 and fs_out[sphere((45, 5, -10))].mean() < 0.6
+    centroid = np.argwhere(oedema).mean(0)
+    assert centroid[1] < (CFG.crop_size[1] - 1) / 2, "superior: above the crop centre on H (S->I)"
+    assert centroid[2] > (CFG.crop_size[2] - 1) / 2, "patient left: high W (R->L)"
 
 
 def test_oblique_direction_is_kept_not_resampled_to_axes():
@@ -81,7 +96,9 @@ def test_oblique_direction_is_kept_not_resampled_to_axes():
     # each crop axis is +- one source axis (a permutation/flip, no rotation)
     prod = np.abs(d.T @ src)
     np.testing.assert_allclose(np.sort(prod, axis=1)[:, -1], 1.0, atol=1e-9)
-    assert np.allclose(d, src[:, [0, 2, 1]] * [1, -1, 1]) or not np.allclose(d, np.eye(3))
+    # the source is a slightly rotated coronal grid whose axes already run L, I, P: kept as is
+    np.testing.assert_allclose(d, src, atol=1e-9)
+    assert d[0, 0] > 0.9 and d[2, 1] < -0.9 and d[1, 2] > 0.9  # crop x -> L, y -> I (-S), z -> P
 
 
 def test_padding_and_robust_scaling():

@@ -2,13 +2,11 @@
 (independent of preprocessing) and a small synthetic cohort built by `build_dataset`."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _tiny import make_tiny_dataset  # noqa: E402
+from tests.training._tiny import make_tiny_dataset
 
 
 @pytest.fixture(scope="session")

@@ -74,8 +74,19 @@ def test_cli_plain_run_writes_the_documented_layout(synthetic_dataset, cfg_file,
 
     again = CliRunner().invoke(_app(), args)
     assert again.exit_code == 2 and "--resume" in again.output
-    resumed = CliRunner().invoke(_app(), args + ["--resume"])  # everything done: summarises again
+    # everything done: --resume retrains nothing (every fold file untouched: same bytes, same
+    # mtime) and summarises again to the same results
+    folds_before = _snapshot(run / "folds")
+    results_before = {n: (run / n).read_bytes() for n in ("summary.json", "oof_predictions.csv")}
+    resumed = CliRunner().invoke(_app(), args + ["--resume"])
     assert resumed.exit_code == 0, resumed.output
+    assert _snapshot(run / "folds") == folds_before
+    assert {n: (run / n).read_bytes() for n in results_before} == results_before
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_cli_errors_are_one_line(synthetic_dataset, tmp_path):

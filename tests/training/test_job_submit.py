@@ -16,6 +16,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def test_cv_submitted_as_a_ray_job_to_a_two_node_cluster(two_node_cluster, synthetic_dataset, tmp_path):
     ray_bin = str(Path(sys.executable).with_name("ray"))
     cfg = tmp_path / "cfg.yaml"
+    # the cpu profile's fold worker takes 1 CPU and the head has 1: the two folds cannot both
+    # run on the head, so one must run on the worker node (checked below through the node ids
+    # the workers record)
     cfg.write_text("train:\n  epochs: 1\n  num_threads: 1\n")
     run = tmp_path / "run"
     env = dict(two_node_cluster.env)
@@ -46,3 +49,17 @@ def test_cv_submitted_as_a_ray_job_to_a_two_node_cluster(two_node_cluster, synth
         assert (run / "folds" / f"fold{k}" / "result.json").exists()
         assert (run / "folds" / f"fold{k}" / "best.pt").exists()
     assert (run / "learning_curves.png").stat().st_size > 0
+
+    # the folds' Train workers ran on the cluster's nodes, and at least one on the worker node
+    listed = subprocess.run([ray_bin, "list", "nodes", f"--address={two_node_cluster.dashboard_url}", "--format=json"],
+                            env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    nodes = {n["node_id"]: bool(n["is_head_node"]) for n in json.loads(listed.stdout)}
+    assert sorted(nodes.values()) == [False, True], nodes
+    used = set()
+    for k in (0, 1):
+        starts = [json.loads(x) for x in (run / "folds" / f"fold{k}" / "timeline.jsonl").read_text().splitlines()
+                  if '"worker_start"' in x]
+        assert starts and all(s["node_id"] in nodes for s in starts), (starts, nodes)
+        used |= {s["node_id"] for s in starts}
+    assert any(not nodes[n] for n in used), f"no fold ran on the worker node: {used} of {nodes}"

@@ -11,6 +11,7 @@ import yaml
 
 from distmsfa.config import ConfigError
 from distmsfa.data.index import read_index
+from distmsfa.models import list_models
 from distmsfa.training.augment import augment_batch
 from distmsfa.training.batches import PlainSource, epoch_plan, training_rows
 from distmsfa.training.config import AugmentConfig, CVConfig, TrainConfig
@@ -98,7 +99,7 @@ def test_resume_from_last_checkpoint_equals_an_uninterrupted_run(tiny_dataset, t
     assert (tmp_path / "cut" / "best.pt").exists()
 
 
-@pytest.mark.parametrize("name", __import__("distmsfa.models.registry", fromlist=["x"]).list_models())
+@pytest.mark.parametrize("name", list_models())
 def test_every_registered_model_survives_one_cpu_epoch(name, tiny_dataset):
     cfg = TrainConfig(model=name, model_cfg=TINY, epochs=1, batch_size=4, num_threads=1)
     res = fit_fold(cfg, _fold0(tiny_dataset, cfg), 0)
