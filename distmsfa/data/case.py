@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import traceback
 
 import SimpleITK as sitk
 
 from distmsfa.data import index as dsindex
-from distmsfa.data.preprocess import PreprocessConfig, Roi, preprocess_images
+from distmsfa.data.preprocess import PreprocessConfig, Roi, check_geometry, preprocess_images
 from distmsfa.io.errors import ImageReadError
 from distmsfa.io.manifest import CaseSpec
 
@@ -62,6 +63,14 @@ def _can_skip(root: str, prev: dict, sources: dict, fingerprint: str) -> bool:
     return dsindex.sha256_bytes(data) == prev.get("pair_sha256")
 
 
+def _same_voxels(a: sitk.Image, b: sitk.Image) -> bool:
+    if a.GetSize() != b.GetSize():
+        return False
+    import numpy as np
+
+    return bool(np.array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b)))
+
+
 def run_case(task: dict) -> dict:
     """Do the work; raises on a bad case (``process_case`` catches)."""
     from distmsfa.io.readers import read_image, read_label_map
@@ -76,8 +85,15 @@ def run_case(task: dict) -> dict:
     if prev and _can_skip(root, prev, sources, fp):
         prev.update(label=case.label, patient_id=case.patient_id, site=case.site)
         return {"case_id": case.case_id, "status": "skipped", "reason": "", "row_json": json.dumps(prev)}
+    if sources["t1"] == sources["fs"]:
+        raise ImageReadError("t1 and fs are byte-identical sources; fs must be the fat-suppressed (STIR) series")
     t1 = read_image(case.t1, case.t1_series, "t1")
     fs = read_image(case.fs, case.fs_series, "fs")
+    check_geometry(t1.image, cfg, "t1")
+    check_geometry(fs.image, cfg, "fs")
+    if _same_voxels(t1.image, fs.image):
+        raise ImageReadError("t1 and fs hold identical images (same grid and voxels); fs must be the "
+                             "fat-suppressed (STIR) series")
     roi = Roi(label_map=read_label_map(case.roi).image if case.roi else None,
               center_mm=case.roi_center_mm, bbox_mm=case.roi_bbox_mm)
     res = preprocess_images(t1.image, fs.image, roi, cfg, task["spacing_dhw"])
@@ -97,6 +113,15 @@ def run_case(task: dict) -> dict:
     return {"case_id": case.case_id, "status": "done", "reason": "", "row_json": json.dumps(row)}
 
 
+_ABS_PATH = re.compile(r"""(?<![\w.-])(?:[A-Za-z]:)?(?:[/\\][^/\\\s"'()]+)+[/\\]([^/\\\s"'()]+)""")
+
+
+def scrub_paths(text: str) -> str:
+    """Machine paths in a message (a library's, e.g. ITK's "... for "/data/x/t1.nii.gz"")
+    cut to the file name: messages carry case ids and file names, not where data lives."""
+    return _ABS_PATH.sub(r"\1", text)
+
+
 def process_case(task: dict) -> dict:
     """``run_case`` that never raises: failures come back as result rows with a reason."""
     cid = task.get("case", {}).get("case_id", "?")
@@ -111,4 +136,4 @@ def process_case(task: dict) -> dict:
         last = traceback.extract_tb(exc.__traceback__)[-1]
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         reason = f"unexpected {type(exc).__name__}: {first} (at {os.path.basename(last.filename)}:{last.lineno})"
-    return {"case_id": cid, "status": "failed", "reason": reason, "row_json": ""}
+    return {"case_id": cid, "status": "failed", "reason": scrub_paths(reason), "row_json": ""}
