@@ -36,6 +36,8 @@ ESTIMATE_LABELS: dict[str, str] = {
     "last": "(b) last epoch",
     "inner": "(c) inner-split selection - honest (the fold's validation cases did not influence the choice)",
 }
+ESTIMATE_SHORT: dict[str, str] = {"best_val": "(a) best val epoch: OPTIMISTIC", "last": "(b) last epoch",
+                                  "inner": "(c) inner-selected: honest"}
 ESTIMATE_ORDER = ("best_val", "last", "inner")
 SELECTED_ESTIMATE = {"val": "best_val", "inner": "inner", "last": "last"}
 
@@ -117,18 +119,20 @@ def estimates_table(summary: dict[str, Any]):
     """Every CV estimate (and the external site) side by side, each row saying what it is."""
     from rich.table import Table
 
-    t = Table(title="what the numbers are: CV estimates (mean ± std over folds) and the external site")
-    t.add_column("estimate")
+    t = Table(title="what the numbers are: CV estimates (mean ± std over folds) and the external site",
+              caption="(a) the epoch with the best AUC on the fold's own validation cases (selection saw their labels); "
+                      "(b) the last epoch; (c) the epoch chosen on an inner split of the training folds")
+    t.add_column("estimate", no_wrap=True)
     for k in METRIC_NAMES:
         t.add_column(k.upper(), justify="right")
     for key, est in summary.get("estimates", {}).items():
         mark = " [reported]" if key == summary.get("estimate") else ""
-        t.add_row(est["label"] + mark, *[f"{_fmt(est['mean'][k])} ± {_fmt(est['std'][k])}" for k in METRIC_NAMES])
+        t.add_row(ESTIMATE_SHORT.get(key, key) + mark, *[f"{_fmt(est['mean'][k])} ± {_fmt(est['std'][k])}" for k in METRIC_NAMES])
     ext = summary.get("external")
     if ext:
-        t.add_row(f"external site, fold models (n={ext['n_cases']})",
+        t.add_row(f"external, fold models (n={ext['n_cases']})",
                   *[f"{_fmt(ext['mean'][k])} ± {_fmt(ext['std'][k])}" for k in METRIC_NAMES])
-        t.add_row("external site, fold ensemble (mean probability)", *[_fmt(ext["ensemble"][k]) for k in METRIC_NAMES])
+        t.add_row("external, fold ensemble", *[_fmt(ext["ensemble"][k]) for k in METRIC_NAMES])
     return t
 
 

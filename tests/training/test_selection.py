@@ -128,4 +128,4 @@ def test_cv_summary_labels_every_estimate_and_scores_the_external_site(tiny_data
         per = pd.read_csv(tmp_path / "run" / "folds" / f"fold{f}" / "external_predictions.csv", dtype={"case_id": str})
         np.testing.assert_allclose(per.sort_values("case_id")["prob"], ext[f"prob_fold{f}"], rtol=1e-6)
     text = con.export_text()
-    assert "OPTIMISTIC" in text and "inner-split selection" in text and "fold ensemble" in text
+    assert "OPTIMISTIC" in text and "inner-selected" in text and "fold ensemble" in text
