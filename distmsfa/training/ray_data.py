@@ -91,7 +91,8 @@ class RaySource:
     def __init__(self, root: str, train: pd.DataFrame, val: pd.DataFrame, batch_size: int, seed: int,
                  data_cpus: float = 0.25, materialize_train: bool = True, val_iter: Any = None,
                  prefetch_batches: int = 2, materialize_val: bool = True, concurrency: int | None = None,
-                 on_first_batch: Any = None) -> None:
+                 on_first_batch: Any = None, inner: pd.DataFrame | None = None,
+                 external: pd.DataFrame | None = None) -> None:
         configure_data_context()
         self.root, self.batch_size, self.seed = str(root), batch_size, seed
         self.data_cpus, self.prefetch = data_cpus, prefetch_batches
