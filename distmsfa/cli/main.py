@@ -8,6 +8,7 @@ import typer
 from distmsfa.cli import cv as _cv
 from distmsfa.cli import demo as _demo
 from distmsfa.cli import demo_data as _demo_data
+from distmsfa.cli import evaluate as _evaluate
 from distmsfa.cli import inspect as _inspect
 from distmsfa.cli import models as _models
 from distmsfa.cli import preprocess as _preprocess
@@ -28,6 +29,7 @@ app.command("inspect")(_inspect.inspect)
 app.command("models")(_models.models)
 app.command("cv")(_cv.cv)
 app.command("report")(_report.report)
+app.command("evaluate")(_evaluate.evaluate)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,9 +11,31 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
 from _tiny import make_tiny_dataset  # noqa: E402
 
 
+def write_fingerprint(root: Path, clip=(0.5, 99.5)) -> None:
+    """The fingerprint.json a build at the tiny crop would write (the tiny dataset is written
+    through the index contract, without preprocessing)."""
+    import json
+
+    from _tiny import SHAPE
+
+    from distmsfa.data.fingerprint import params_fingerprint, params_payload
+    from distmsfa.data.preprocess import PreprocessConfig
+
+    sp = (4.0, 0.5, 0.5)
+    cfg = PreprocessConfig(target_spacing_mm=sp, crop_size=SHAPE[1:], n_folds=2, seed=0, clip_percentiles=clip)
+    st = {"n": 24, "median_spacing_dhw": list(sp), "min_spacing_dhw": list(sp), "max_spacing_dhw": list(sp),
+          "median_size_dhw": [20, 64, 64]}
+    meta = {"dataset": {"orientation": "LIP", "headers_skipped": 0, "t1": st, "fs": st},
+            "params": params_payload(cfg, sp), "fingerprint": params_fingerprint(cfg, sp),
+            "folds": {"n_folds": 2, "seed": 0, "external_sites": ["EXT"]}}
+    (root / "fingerprint.json").write_text(json.dumps(meta, indent=2))
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    return make_tiny_dataset(tmp_path_factory.mktemp("tiny-eval") / "data", n=24, n_external=6)
+    root = make_tiny_dataset(tmp_path_factory.mktemp("tiny-eval") / "data", n=24, n_external=6)
+    write_fingerprint(root)
+    return root
 
 
 @pytest.fixture(scope="session")
