@@ -11,6 +11,7 @@ from distmsfa.cli import demo_data as _demo_data
 from distmsfa.cli import evaluate as _evaluate
 from distmsfa.cli import inspect as _inspect
 from distmsfa.cli import models as _models
+from distmsfa.cli import paper as _paper
 from distmsfa.cli import preprocess as _preprocess
 from distmsfa.cli import report as _report
 
@@ -30,6 +31,7 @@ app.command("models")(_models.models)
 app.command("cv")(_cv.cv)
 app.command("report")(_report.report)
 app.command("evaluate")(_evaluate.evaluate)
+app.command("paper")(_paper.paper)
 
 
 if __name__ == "__main__":  # pragma: no cover
