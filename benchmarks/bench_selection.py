@@ -31,6 +31,9 @@ def main() -> None:
     ap.add_argument("--folds", default="0,1,2,3")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/out/bench_selection.json")
+    ap.add_argument("--selections", default="val,inner",
+                    help="run only these (e.g. one per process, then a last call without training collects)")
+    ap.add_argument("--train-only", action="store_true", help="train the --selections runs, no JSON or report")
     args = ap.parse_args()
 
     import numpy as np
@@ -60,6 +63,14 @@ def main() -> None:
                                               "spacing_mm": DEMO_SPACING_MM, "path": "plain"},
                     "data_s": t_data, "runs": {}}
     runs = {}
+    if args.train_only:
+        for sel in [s for s in args.selections.split(",") if s in ("val", "inner", "last")]:
+            rd = work / "runs" / f"msfanet-{sel}-e{args.epochs}"
+            if run_state(rd) != "done":
+                run_cv(data, "msfanet", profile="cpu", folds=folds, out=rd, plain=True, progress=False,
+                       resume=(rd / "run.json").exists(),
+                       overrides={"epochs": args.epochs, "selection": sel, "num_threads": args.threads})
+        return
     for sel in ("val", "inner"):
         rd = work / "runs" / f"msfanet-{sel}-e{args.epochs}"
         t = time.time()
@@ -70,7 +81,8 @@ def main() -> None:
         s = json.loads((rd / "summary.json").read_text())
         hist = [json.loads(x) for f in folds for x in (rd / "folds" / f"fold{f}" / "metrics.jsonl").read_text().splitlines()]
         result["runs"][sel] = {
-            "run_dir": str(rd), "wall_s": time.time() - t, "median_epoch_s": float(np.median([h["epoch_time_s"] for h in hist])),
+            "run_dir": str(rd), "collect_wall_s": time.time() - t,
+            "fold_wall_s_sum": float(sum(h["epoch_time_s"] for h in hist)), "median_epoch_s": float(np.median([h["epoch_time_s"] for h in hist])),
             "estimates": {k: {"label": v["label"], "mean": v["mean"], "std": v["std"],
                               "pooled_auc": v["pooled_oof"].get("auc"),
                               "epochs": {f: d["best_epoch"] for f, d in v["folds"].items()}}
