@@ -117,7 +117,8 @@ def build_table(key: str, runs: list[Run], reference: Run, external: bool = Fals
     for r in members:
         sec = _section(r, external)
         row: dict[str, Any] = {"method": r.name, "model": r.model, "run": str(r.path),
-                               "estimate": "external site, fold models: mean ± std" if external else r.estimate_label,
+                               "estimate": (f"external site, fold models (mean ± std), checkpoints: "
+                                            f"{r.estimate_label}") if external else r.estimate_label,
                                "n_folds": len(r.folds)}
         for m in METRIC_NAMES:
             row[m] = fmt_ms(sec["mean"][m], sec["std"][m], m) if sec else "-"

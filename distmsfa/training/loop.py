@@ -319,10 +319,15 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
             df = pd.DataFrame(rec["records"])
             mm = {**binary_metrics(df["label"], df["prob"], cfg.threshold_value), "loss": rec["loss"]}
             estimates[key] = {"epoch": epochs[key], "metrics": mm, "predictions": df}
-        chosen = estimates[SELECTED_ESTIMATE[cfg.selection]]
         external = None
         if sel_weights is not None:
             model.load_state_dict(sel_weights)
+        key = SELECTED_ESTIMATE[cfg.selection]
+        if key not in estimates:  # resumed from a checkpoint written before the estimates were kept
+            ev = evaluate(model, source.val_batches(), rt)
+            estimates[key] = {"epoch": epochs[key], "predictions": ev.frame(fold),
+                              "metrics": {**binary_metrics(ev.labels, ev.prob, cfg.threshold_value), "loss": ev.loss}}
+        chosen = estimates[key]
         ext_batches = _optional_batches(source, "external_batches")
         if ext_batches is not None:
             xe = evaluate(model, ext_batches, rt, what="external", allow_empty=True)
