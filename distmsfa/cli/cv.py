@@ -35,8 +35,7 @@ def cv(
     selection: Optional[str] = typer.Option(None, "--selection", help="Checkpoint rule: inner (default, honest), val "
                                             "(the paper's, optimistic) or last; see docs/evaluation.md."),
 ) -> None:
-    """Cross-validate a model: selected and last checkpoints per fold, out-of-fold predictions,
-    labelled estimates (mean ± std), the external site, learning curves (docs/training.md)."""
+    """Cross-validate a model: labelled estimates, out-of-fold and external predictions, curves (docs/training.md)."""
     fold_list = _parse_folds(folds)
     if resume and out is None:
         fail("--resume needs --out RUNDIR (the run folder to continue)")

@@ -18,8 +18,7 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
 ) -> None:
-    """Score a dataset split with a bundle's fold ensemble: per-case predictions, metrics with
-    95% CIs at the bundle's threshold, ROC and calibration figures."""
+    """Score a dataset split with a bundle: predictions, metrics with 95% CIs, ROC, calibration."""
     from distmsfa.evaluation.evaluate import EvaluateError, evaluate_bundle
 
     try:

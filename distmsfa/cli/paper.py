@@ -21,8 +21,7 @@ def paper(
     parallel_models: Optional[int] = typer.Option(None, "--parallel-models", help="Models at once (default: fold slots / 4)."),
     lesions: Optional[Path] = typer.Option(None, "--lesions", help="Synthetic cohort manifest.csv: Grad-CAM localisation."),
 ) -> None:
-    """The paper's experiment: MSFANet, the 8 comparison models and the ablations, each
-    cross-validated and scored on the external site, then one report."""
+    """The paper's experiment: all 14 models as CV runs (reused when finished), external site, report."""
     from distmsfa.config import ConfigError
     from distmsfa.evaluation.paper import run_paper
     from distmsfa.evaluation.runs import ReportError

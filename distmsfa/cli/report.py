@@ -18,8 +18,7 @@ def report(
     no_gradcam: bool = typer.Option(False, "--no-gradcam", help="Skip Figure 5 and the localisation scores."),
     loc_cases: int = typer.Option(16, "--loc-cases", help="axSpA cases scored for localisation per run."),
 ) -> None:
-    """The paper's results section from CV runs: tables with paired t-tests and DeLong
-    (Holm-corrected), the published figures beside ours, ROC curves with bands, Grad-CAM."""
+    """Tables 3-6 (t-test + DeLong, Holm), the paper's figures beside ours, ROC, Grad-CAM (docs/evaluation.md)."""
     from distmsfa.evaluation.report import ReportError, make_report
 
     try:
