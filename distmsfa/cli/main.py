@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import typer
 
+from distmsfa.cli import bundle as _bundle
 from distmsfa.cli import cv as _cv
 from distmsfa.cli import demo as _demo
 from distmsfa.cli import demo_data as _demo_data
@@ -32,6 +33,7 @@ app.command("cv")(_cv.cv)
 app.command("report")(_report.report)
 app.command("evaluate")(_evaluate.evaluate)
 app.command("paper")(_paper.paper)
+app.add_typer(_bundle.app, name="bundle")
 
 
 if __name__ == "__main__":  # pragma: no cover

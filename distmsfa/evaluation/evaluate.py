@@ -116,11 +116,12 @@ def evaluate_bundle(bundle: str | os.PathLike[str], data: str | os.PathLike[str]
         pred = load_bundle(bundle, device=device)
     except BundleError as exc:
         raise EvaluateError(str(exc).splitlines()[0]) from None
-    fp = _read_fingerprint(data)
-    diffs, vers = compare_preprocessing(pred.fingerprint, fp)
+    diffs = pred.dataset_differences(data)  # the bundle's own check of the preprocessing parameters
     if diffs:
         raise EvaluateError(f"{data} was preprocessed differently from the bundle's training data ({'; '.join(diffs)}); "
                             f"preprocess the raw scans again with the bundle's settings (distmsfa bundle info)")
+    fp = _read_fingerprint(data)
+    vers = compare_preprocessing(pred.fingerprint, fp)[1]
     warnings = [f"library versions differ from the bundle's preprocessing ({'; '.join(vers)})"] if vers else []
     index = read_index(data)
     rows = select_rows(index, split)
