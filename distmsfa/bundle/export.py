@@ -33,6 +33,16 @@ THRESHOLD_POLICIES = ("youden", "fixed")
 SELECTED_LABEL = ("best validation AUC per fold (ties: lower validation loss), chosen on the fold's own "
                   "validation cases: its CV metrics are OPTIMISTIC")
 LAST_LABEL = "last epoch of each fold (no selection on validation labels)"
+INNER_LABEL = ("best AUC on an inner split of each fold's training cases (patient-grouped, stratified; ties: lower "
+               "loss): the fold's validation cases did not influence the choice, so its CV metrics are honest")
+#: best.pt is the checkpoint the run's selection rule chose (TrainConfig.selection; runs made
+#: before the rule existed selected on validation AUC).
+SELECTION_LABELS = {"val": SELECTED_LABEL, "inner": INNER_LABEL, "last": LAST_LABEL}
+
+
+def _selection_label(train: dict[str, Any], checkpoint: str) -> str:
+    return SELECTION_LABELS.get(str(train.get("selection", "val")), SELECTED_LABEL) if checkpoint == "selected" \
+        else LAST_LABEL
 
 
 def _versions() -> dict[str, str]:
@@ -146,13 +156,14 @@ def _intensity_stats(data: str, case_ids: list[str]) -> dict[str, Any]:
     return out
 
 
-def _cv_metrics(oof: pd.DataFrame, epochs: dict[int, int], policy: str, fixed: float, checkpoint: str) -> dict[str, Any]:
+def _cv_metrics(oof: pd.DataFrame, epochs: dict[int, int], policy: str, fixed: float, checkpoint: str,
+                label: str = SELECTED_LABEL) -> dict[str, Any]:
     from distmsfa.training.report import summarize
 
     s = summarize(oof, epochs, policy, fixed)
     for f, row in s["folds"].items():  # summarize's "best_epoch" is the exported checkpoint's epoch here
         row["checkpoint_epoch"] = row["best_epoch"]
-    s["estimate"] = SELECTED_LABEL if checkpoint == "selected" else LAST_LABEL
+    s["estimate"] = label if checkpoint == "selected" else LAST_LABEL
     s["how"] = ("each fold's model scored on its own validation fold (out-of-fold); mean ± std (ddof=1) over "
                 "folds and pooled over all out-of-fold cases, at the bundle's threshold")
     if policy == "youden":
@@ -238,7 +249,7 @@ def export_bundle(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
         oof = _score_last(models, data, rt)
     fixed = float(train.get("threshold_value", 0.5))
     thr = choose_threshold(threshold_policy, oof["label"], oof["prob"], fixed)
-    cv_metrics = _cv_metrics(oof, epochs, threshold_policy, fixed, checkpoint)
+    cv_metrics = _cv_metrics(oof, epochs, threshold_policy, fixed, checkpoint, _selection_label(train, checkpoint))
 
     meta: dict[str, Any] = {
         "format": FORMAT,
@@ -247,7 +258,7 @@ def export_bundle(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
         "folds": folds,
         "checkpoint": checkpoint,
         "checkpoint_epochs": {str(f): e for f, e in epochs.items()},
-        "selection": SELECTED_LABEL if checkpoint == "selected" else LAST_LABEL,
+        "selection": _selection_label(train, checkpoint),
         "threshold": {"value": float(thr), "policy": threshold_policy, "source": "pooled out-of-fold predictions",
                       "n_cases": int(len(oof))},
         "cv_metrics": cv_metrics,

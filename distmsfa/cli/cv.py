@@ -32,9 +32,10 @@ def cv(
     resume: bool = typer.Option(False, "--resume", help="Continue the stopped run in --out from its checkpoints."),
     gpus_per_fold: Optional[float] = typer.Option(None, "--gpus-per-fold", help="GPU share per fold; 0.5 = two folds per GPU."),
     plain: bool = typer.Option(False, "--plain", help="No Ray: run the folds one after another in this process."),
+    selection: Optional[str] = typer.Option(None, "--selection", help="Checkpoint rule: inner (default, honest), val "
+                                            "(the paper's, optimistic) or last; see docs/evaluation.md."),
 ) -> None:
-    """Cross-validate a model: best and last checkpoints per fold, out-of-fold predictions,
-    mean ± std summary and learning curves in the run folder (docs/training.md)."""
+    """Cross-validate a model: labelled estimates, out-of-fold and external predictions, curves (docs/training.md)."""
     fold_list = _parse_folds(folds)
     if resume and out is None:
         fail("--resume needs --out RUNDIR (the run folder to continue)")
@@ -44,7 +45,7 @@ def cv(
 
     try:
         run_cv(data, model, config, profile=profile, folds=fold_list, out=out, address=address, resume=resume,
-               gpus_per_fold=gpus_per_fold, plain=plain)
+               gpus_per_fold=gpus_per_fold, plain=plain, overrides={"selection": selection} if selection else None)
     except (ConfigError, CVError, FileNotFoundError, KeyError, PairChecksumError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         fail(str(msg).splitlines()[0] if msg else type(exc).__name__)

@@ -9,9 +9,12 @@ from distmsfa.cli import bundle as _bundle
 from distmsfa.cli import cv as _cv
 from distmsfa.cli import demo as _demo
 from distmsfa.cli import demo_data as _demo_data
+from distmsfa.cli import evaluate as _evaluate
 from distmsfa.cli import inspect as _inspect
 from distmsfa.cli import models as _models
+from distmsfa.cli import paper as _paper
 from distmsfa.cli import preprocess as _preprocess
+from distmsfa.cli import report as _report
 
 app = typer.Typer(
     name="distmsfa",
@@ -27,6 +30,9 @@ app.command("preprocess")(_preprocess.preprocess)
 app.command("inspect")(_inspect.inspect)
 app.command("models")(_models.models)
 app.command("cv")(_cv.cv)
+app.command("report")(_report.report)
+app.command("evaluate")(_evaluate.evaluate)
+app.command("paper")(_paper.paper)
 app.add_typer(_bundle.app, name="bundle")
 
 

@@ -12,6 +12,7 @@ metrics, on either path.  Validation is ordered by case_id.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
@@ -24,6 +25,9 @@ Batch = dict[str, Any]
 
 
 class BatchSource(Protocol):
+    """``inner_batches()`` (the inner selection split) and ``external_batches()`` (the
+    external site) are optional: a source without those rows yields nothing."""
+
     def train_batches(self, epoch: int) -> Iterable[Batch]: ...
 
     def val_batches(self) -> Iterable[Batch]: ...
@@ -65,19 +69,81 @@ def training_rows(index: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.Data
     return train.reset_index(drop=True), val.reset_index(drop=True)
 
 
+def _patient_label(df: pd.DataFrame) -> pd.Series:
+    # A patient scanned twice has one label; mixed labels (possible in hand-made indexes)
+    # count as axSpA, so such a patient still lands in one stratum.
+    return df.groupby("patient_id")["label"].agg(lambda s: int(round(float(pd.Series(s).astype(float).mean()) + 1e-9)))
+
+
+def inner_split(train: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a fold's training rows into (train, inner): whole patients, label-stratified.
+
+    Per label stratum, ``round(fraction * patients)`` patients (at least one) go to the
+    inner split, chosen by a seeded keyed hash of the patient id (stable under row order).
+    Raises ValueError when either part would miss a class."""
+    plabel = _patient_label(train)
+    inner_patients: list[str] = []
+    for lab, pats in plabel.groupby(plabel):
+        ordered = sorted(pats.index.astype(str), key=lambda p: (order_key(p, seed, -1), p))
+        k = max(1, int(round(fraction * len(ordered))))
+        if k >= len(ordered):
+            raise ValueError(f"inner split: only {len(ordered)} patient(s) with label {int(lab)} in the fold's training "
+                             f"cases; need at least 2 (use selection: val or last, or a larger dataset)")
+        inner_patients.extend(ordered[:k])
+    is_inner = train["patient_id"].astype(str).isin(set(inner_patients))
+    inner, rest = train[is_inner], train[~is_inner]
+    if inner["label"].nunique() < 2 or rest["label"].nunique() < 2:
+        raise ValueError("inner split: a part holds one class only; use selection: val or last, or a larger dataset")
+    return rest.reset_index(drop=True), inner.reset_index(drop=True)
+
+
+@dataclass
+class FoldRows:
+    """A fold's index rows: ``train`` (what the model learns from), ``val`` (the fold, scored
+    for the CV estimate), ``inner`` (selection split from the training folds, may be empty),
+    ``external`` (labelled external-site cases, scored at the end, may be empty)."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    inner: pd.DataFrame
+    external: pd.DataFrame
+
+
+def external_rows(index: pd.DataFrame) -> pd.DataFrame:
+    """Labelled external-site cases (the paper's Table 4 set)."""
+    return index[index["is_external"].astype(bool) & index["label"].notna()].reset_index(drop=True)
+
+
+def fold_rows(index: pd.DataFrame, fold: int, selection: str = "val", inner_fraction: float = 0.2,
+              inner_seed: int = 0) -> FoldRows:
+    """The rows of one fold for a selection rule (``inner`` splits the training rows)."""
+    train, val = training_rows(index, fold)
+    inner = train.iloc[0:0]
+    if selection == "inner":
+        try:
+            train, inner = inner_split(train, inner_fraction, inner_seed)
+        except ValueError as exc:
+            raise ValueError(f"fold {fold}: {exc}") from None
+    return FoldRows(train, val, inner, external_rows(index))
+
+
 class PlainSource:
     """Loads pairs from the dataset root with :func:`load_pair`; a thread prefetches batches."""
 
     def __init__(self, root: str, train: pd.DataFrame, val: pd.DataFrame, batch_size: int, seed: int,
-                 prefetch: int = 2, workers: int = 4) -> None:
+                 prefetch: int = 2, workers: int = 4, inner: pd.DataFrame | None = None,
+                 external: pd.DataFrame | None = None) -> None:
         self.root = str(root)
         self.batch_size = batch_size
         self.seed = seed
         self.prefetch = prefetch
         self.workers = workers
-        self._rows = {r["case_id"]: r for r in pd.concat([train, val]).to_dict("records")}
+        parts = [d for d in (train, val, inner, external) if d is not None]
+        self._rows = {r["case_id"]: r for r in pd.concat(parts).to_dict("records")}
         self.train_ids = list(train["case_id"])
         self.val_ids = list(val["case_id"])
+        self.inner_ids = [] if inner is None else list(inner["case_id"])
+        self.external_ids = [] if external is None else list(external["case_id"])
 
     def _load(self, ids: Sequence[str]) -> Batch:
         rows = [self._rows[c] for c in ids]
@@ -101,3 +167,9 @@ class PlainSource:
 
     def val_batches(self) -> Iterator[Batch]:
         return self._iterate(val_plan(self.val_ids))
+
+    def inner_batches(self) -> Iterator[Batch]:
+        return self._iterate(val_plan(self.inner_ids))
+
+    def external_batches(self) -> Iterator[Batch]:
+        return self._iterate(val_plan(self.external_ids))

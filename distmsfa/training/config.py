@@ -14,6 +14,7 @@ from distmsfa.config import Config, require
 
 PRECISIONS = ("auto", "fp32", "bf16")
 THRESHOLD_POLICIES = ("fixed", "youden")
+SELECTIONS = ("inner", "val", "last")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +55,16 @@ class TrainConfig(Config):
     (None = leave torch's default; the CV runner sets cores / parallel folds).
     ``deterministic``: ``torch.use_deterministic_algorithms(True, warn_only=True)``; None
     (default) = on CPU only (on CUDA deterministic 3D-conv kernels cost speed, and
-    ``cudnn.benchmark`` is turned on instead)."""
+    ``cudnn.benchmark`` is turned on instead).
+
+    ``selection``: which checkpoint a fold keeps as ``best.pt`` and reports (docs/evaluation.md).
+    ``inner`` (default): the best epoch on an *inner* validation split taken from the fold's
+    training cases (patient-grouped, label-stratified, ``inner_fraction`` of the patients,
+    seeded by ``inner_seed``); the fold's validation cases never influence the choice, so
+    their score is an honest estimate.  ``val``: the best epoch on the fold's own
+    validation cases (the paper's procedure; optimistic, the selection saw those labels).
+    ``last``: the last epoch.  Whatever the rule, the CV summary also reports the
+    best-validation-epoch (labelled optimistic) and last-epoch estimates."""
 
     model: str = "msfanet"
     model_cfg: dict[str, Any] = field(default_factory=dict)
@@ -70,6 +80,9 @@ class TrainConfig(Config):
     threshold_value: float = 0.5
     num_threads: Optional[int] = None
     deterministic: Optional[bool] = None
+    selection: str = "inner"
+    inner_fraction: float = 0.2
+    inner_seed: int = 0
 
     def __post_init__(self) -> None:
         n = type(self).__name__
@@ -85,6 +98,10 @@ class TrainConfig(Config):
         require(self.threshold in THRESHOLD_POLICIES, n, f"threshold={self.threshold!r}; use one of {THRESHOLD_POLICIES}")
         require(0.0 < self.threshold_value < 1.0, n, f"threshold_value={self.threshold_value} must be in (0, 1)")
         require(self.num_threads is None or self.num_threads >= 1, n, f"num_threads={self.num_threads} must be >= 1 or null")
+        require(self.selection in SELECTIONS, n,
+                f"selection={self.selection!r}; use one of {SELECTIONS} (inner = honest, val = the paper's, optimistic)")
+        require(0.05 <= self.inner_fraction <= 0.5, n,
+                f"inner_fraction={self.inner_fraction} must be in [0.05, 0.5] (share of the training patients held out)")
         require(isinstance(self.augment, AugmentConfig), n, "augment must be a mapping of AugmentConfig keys")
 
 

@@ -20,16 +20,17 @@ import pandas as pd
 
 from distmsfa.config import ConfigError
 from distmsfa.training import outputs as out_files
-from distmsfa.training.batches import PlainSource, training_rows
+from distmsfa.training.batches import FoldRows, PlainSource, fold_rows
 from distmsfa.training.config import CVConfig, TrainConfig
 from distmsfa.training.loop import LAST_FILE, fit_fold, load_state
 from distmsfa.training.profiles import check_sections, get_profile, load_config_file, merge
-from distmsfa.training.report import LiveProgress, plot_learning_curves, summarize, summary_table
+from distmsfa.training.report import LiveProgress, estimates_table, plot_learning_curves, summarize_run, summary_table
 
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
 OOF_CSV = "oof_predictions.csv"
 OOF_PARQUET = "oof_predictions.parquet"
+EXTERNAL_CSV = "external_predictions.csv"
 CURVES_PNG = "learning_curves.png"
 
 
@@ -123,6 +124,14 @@ def _rows(df: pd.DataFrame) -> list[dict[str, Any]]:
     return d.to_dict("records")
 
 
+def _fold_rows(index: pd.DataFrame, fold: int, tcfg: TrainConfig) -> FoldRows:
+    """The fold's partition for the run's selection rule; identical on the plain and Ray paths."""
+    try:
+        return fold_rows(index, fold, tcfg.selection, tcfg.inner_fraction, tcfg.inner_seed)
+    except ValueError as exc:
+        raise CVError(str(exc)) from None
+
+
 def _default_run_dir(model: str) -> Path:
     return Path("runs") / f"cv-{model}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -192,6 +201,8 @@ def run_cv(data: str | os.PathLike[str], model: str, config: str | Path | Mappin
     fold_ids = list(record["folds"])
     monitor = CVMonitor(tuple(fold_ids))
     todo = [f for f in fold_ids if not out_files.fold_done(str(run_dir / "folds" / f"fold{f}"))]
+    for f in todo:  # a fold whose inner split is impossible stops the run before any training
+        _fold_rows(index, f, tcfg)
 
     with LiveProgress(fold_ids, tcfg.epochs, enabled=progress, console=console) as live:
         for f in fold_ids:
@@ -215,8 +226,9 @@ def _run_plain(data, index, todo, tcfg, run_dir, resume, event, live) -> dict[in
     errors: dict[int, Optional[str]] = {}
     for f in todo:
         fold_dir = str(run_dir / "folds" / f"fold{f}")
-        train, val = training_rows(index, f)
-        source = PlainSource(data, train, val, tcfg.batch_size, tcfg.seed)
+        rows = _fold_rows(index, f, tcfg)
+        source = PlainSource(data, rows.train, rows.val, tcfg.batch_size, tcfg.seed, inner=rows.inner,
+                             external=rows.external)
         last = os.path.join(fold_dir, LAST_FILE)
         state = load_state(last) if resume and os.path.exists(last) else None
         files = out_files.FileReporter(fold_dir)
@@ -274,12 +286,13 @@ def _run_ray(data, index, todo, tcfg, ccfg, run_dir, address, event, live) -> di
         hub = ray_train.start_hub(run_id)
         specs = []
         for f in todo:
-            train, val = training_rows(index, f)
+            rows = _fold_rows(index, f, tcfg)
             fold_dir = str(run_dir / "folds" / f"fold{f}")
             os.makedirs(fold_dir, exist_ok=True)
             spec = {"fold": f, "fold_dir": fold_dir, "root": data, "run_id": run_id,
                     "train": tcfg.replace(num_threads=threads).to_dict(),
-                    "train_rows": _rows(train), "val_rows": _rows(val), "name": f"fold{f}",
+                    "train_rows": _rows(rows.train), "val_rows": _rows(rows.val), "inner_rows": _rows(rows.inner),
+                    "external_rows": _rows(rows.external), "name": f"fold{f}",
                     "storage_path": str(run_dir / "ray"), "use_gpu": use_gpu, "gpus_per_fold": ccfg.gpus_per_fold,
                     "cpus_per_fold": ccfg.cpus_per_fold, "data_cpus": ccfg.data_cpus,
                     "materialize_train": ccfg.materialize_train, "materialize_val": ccfg.materialize_val,
@@ -307,17 +320,19 @@ def _finish(run_dir: Path, fold_ids: list[int], tcfg: TrainConfig, model: str,
     failed = {f: e for f, e in errors.items() if e}
     if not done:
         raise CVError("no fold finished: " + "; ".join(f"fold {f}: {e}" for f, e in failed.items()))
-    oof = pd.concat([d["predictions"] for d in done.values()], ignore_index=True).sort_values(["fold", "case_id"])
-    summary = summarize(oof, {f: d["best_epoch"] for f, d in done.items()}, tcfg.threshold, tcfg.threshold_value)
+    summary, oof, ext = summarize_run(done, tcfg.threshold, tcfg.threshold_value, tcfg.selection)
     summary.update(model=model, folds_done=sorted(done), folds_failed={str(k): v for k, v in failed.items()},
                    epochs=tcfg.epochs, run_dir=str(run_dir))
     oof.to_csv(run_dir / OOF_CSV, index=False)
     oof.to_parquet(run_dir / OOF_PARQUET, index=False)
+    if ext is not None:
+        ext.to_csv(run_dir / EXTERNAL_CSV, index=False)
     out_files.write_json(str(run_dir / SUMMARY_FILE), summary)
     histories = {f: d["history"] for f, d in done.items()}
     plot_learning_curves(histories, str(run_dir / CURVES_PNG), f"{model}: {len(done)} fold(s)")
     console.print(summary_table(summary, f"{model}: {len(done)}-fold CV (threshold {summary['threshold']:.3f}, "
                                          f"{summary['threshold_policy']})"))
+    console.print(estimates_table(summary))
     console.print(f"run folder: {run_dir}")
     if failed:
         raise CVError("fold(s) failed (finished folds are summarised in the run folder): "

@@ -59,8 +59,12 @@ class FoldResult:
     history: list[dict[str, float]]
     best_epoch: int
     best_metrics: dict[str, float]
-    predictions: pd.DataFrame  # validation predictions of the best checkpoint
+    predictions: pd.DataFrame  # validation predictions of the selected checkpoint (cfg.selection)
     resumed_from_epoch: int = -1  # epoch of the checkpoint this run resumed from (-1 = fresh)
+    # "best_val" (optimistic), "last", "inner" -> {"epoch", "metrics", "predictions"}
+    estimates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    external: Optional[pd.DataFrame] = None  # the selected checkpoint on the external site
+    selection: str = "val"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -147,7 +151,8 @@ def train_epoch(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, ep
 
 
 @torch.no_grad()
-def evaluate(model, batches: Iterable[Batch], rt: Runtime) -> EvalOutput:
+def evaluate(model, batches: Iterable[Batch], rt: Runtime, what: str = "validation",
+             allow_empty: bool = False) -> Optional[EvalOutput]:
     model.eval()
     ids: list[str] = []
     labels, probs, heads, total = [], [], {}, 0.0
@@ -162,7 +167,9 @@ def evaluate(model, batches: Iterable[Batch], rt: Runtime) -> EvalOutput:
         for k, v in out.items():
             heads.setdefault(k, []).append(torch.sigmoid(v).cpu().numpy())
     if not ids:
-        raise ValueError("the validation set yielded no batch")
+        if allow_empty:
+            return None
+        raise ValueError(f"the {what} set yielded no batch")
     lab = np.concatenate(labels)
     return EvalOutput(ids, lab, np.concatenate(probs), {k: np.concatenate(v) for k, v in heads.items()}, total / len(lab))
 
@@ -203,35 +210,61 @@ def load_state(path: str) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+SELECTED_ESTIMATE = {"val": "best_val", "inner": "inner", "last": "last"}
+
+
+def _optional_batches(source: Any, name: str):
+    fn = getattr(source, name, None)
+    return None if fn is None else fn()
+
+
+def _frame_records(ev: EvalOutput, fold: int) -> dict[str, list]:
+    return ev.frame(fold).to_dict("list")
+
+
 def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str | None = None,
              reporter: Reporter | None = None, resume: dict[str, Any] | None = None,
              device: str | torch.device | None = None, save_last_every_epoch: bool = True) -> FoldResult:
-    """Train one fold for ``cfg.epochs`` epochs; evaluate on the validation fold every epoch.
+    """Train one fold for ``cfg.epochs`` epochs; evaluate on the validation fold every epoch
+    (and on the inner selection split with ``selection: inner``).
 
-    ``out_dir``: where ``best.pt`` (best val AUC; ties broken by val loss) and ``last.pt``
-    (full state, written every epoch unless ``save_last_every_epoch=False``, then at the
-    end) go.  ``resume``: a state dict as handed to the reporter / saved in last.pt; the
-    run continues at the epoch after it, and is bit-identical to an uninterrupted run on
-    CPU because every epoch reseeds from ``(seed, epoch)``."""
+    Three estimates are kept (docs/evaluation.md): the validation predictions at the best
+    validation epoch (``best_val``, optimistic), at the last epoch (``last``), and at the
+    best inner-split epoch (``inner``).  The selection rule ``cfg.selection`` names the one
+    reported as the fold's result, whose weights are ``best.pt`` (ties on AUC broken by
+    the lower loss); after training it also scores the source's external cases, if any.
+
+    ``out_dir``: where ``best.pt`` and ``last.pt`` (full state, written every epoch unless
+    ``save_last_every_epoch=False``, then at the end) go.  ``resume``: a state dict as
+    handed to the reporter / saved in last.pt; the run continues at the epoch after it, and
+    is bit-identical to an uninterrupted run on CPU because every epoch reseeds from
+    ``(seed, epoch)``."""
     rt = resolve_runtime(cfg.precision, device)
+    use_inner = cfg.selection == "inner"
+    if use_inner and not hasattr(source, "inner_batches"):
+        raise ValueError("selection 'inner' needs a source with an inner split (batches.fold_rows(..., selection='inner'))")
     with _torch_settings(cfg, rt):
         seed_everything(cfg.seed)
         model = build_model(cfg, rt)
         optimizer = torch.optim.Adam(model.param_groups(cfg.weight_decay), lr=cfg.lr)
         history: list[dict[str, float]] = []
-        best = {"auc": math.nan, "loss": math.inf, "epoch": -1}
-        best_weights: dict[str, Any] | None = None
+        best = {"auc": math.nan, "loss": math.inf, "epoch": -1}  # by the fold's validation cases
+        best_inner = {"auc": math.nan, "loss": math.inf, "epoch": -1}  # by the inner split
+        preds: dict[str, list[dict[str, Any]]] = {}  # estimate -> validation predictions
+        sel_weights: dict[str, Any] | None = None
         start, resumed_from = 0, -1
         if resume is not None:
             model.load_state_dict(resume["model"])
             optimizer.load_state_dict(resume["optimizer"])
             history = list(resume["history"])
             best = dict(resume["best"])
+            best_inner = dict(resume.get("best_inner", best_inner))
+            preds = dict(resume.get("preds", {}))
             resumed_from = int(resume["epoch"])
             start = resumed_from + 1
-            best_weights = resume.get("best_model")
-            if best_weights is None and out_dir and os.path.exists(os.path.join(out_dir, BEST_FILE)):
-                best_weights = load_state(os.path.join(out_dir, BEST_FILE))["model"]
+            sel_weights = resume.get("best_model")
+            if sel_weights is None and out_dir and os.path.exists(os.path.join(out_dir, BEST_FILE)):
+                sel_weights = load_state(os.path.join(out_dir, BEST_FILE))["model"]
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
         for epoch in range(start, cfg.epochs):
@@ -242,22 +275,37 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
             ev = evaluate(model, source.val_batches(), rt)
             m = binary_metrics(ev.labels, ev.prob, cfg.threshold_value)
             metrics = {"fold": float(fold), "epoch": float(epoch), **{f"val_{k}": v for k, v in m.items()},
-                       "val_loss": ev.loss, **tr, "lr": float(optimizer.param_groups[0]["lr"]),
-                       "epoch_time_s": time.perf_counter() - t0,
-                       "train_samples_per_s": tr["train_samples"] / max(t_train, 1e-9),
-                       "resumed_from_epoch": float(resumed_from)}
+                       "val_loss": ev.loss}
+            if use_inner:
+                iv = evaluate(model, source.inner_batches(), rt,
+                              what="inner selection (build the source from batches.fold_rows(..., selection='inner'))")
+                im = binary_metrics(iv.labels, iv.prob, cfg.threshold_value)
+                metrics.update({f"inner_{k}": v for k, v in im.items()}, inner_loss=iv.loss)
+            metrics.update({**tr, "lr": float(optimizer.param_groups[0]["lr"]),
+                            "epoch_time_s": time.perf_counter() - t0,
+                            "train_samples_per_s": tr["train_samples"] / max(t_train, 1e-9),
+                            "resumed_from_epoch": float(resumed_from)})
             history.append(metrics)
-            is_best = _better(m["auc"], ev.loss, best["auc"], best["loss"])
-            if is_best:
+            records = {"records": _frame_records(ev, fold), "loss": ev.loss}
+            preds["last"] = records
+            if _better(m["auc"], ev.loss, best["auc"], best["loss"]):
                 best = {"auc": m["auc"], "loss": ev.loss, "epoch": epoch}
-                best_weights = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-                if out_dir:
-                    _atomic_save({"model": best_weights, "epoch": epoch, "metrics": metrics, "config": cfg.to_dict(),
-                                  "fold": fold}, os.path.join(out_dir, BEST_FILE))
+                preds["best_val"] = records
+            if use_inner and _better(metrics["inner_auc"], metrics["inner_loss"], best_inner["auc"], best_inner["loss"]):
+                best_inner = {"auc": metrics["inner_auc"], "loss": metrics["inner_loss"], "epoch": epoch}
+                preds["inner"] = records
+            sel_epoch = {"val": best["epoch"], "inner": best_inner["epoch"], "last": epoch}[cfg.selection]
+            is_best = sel_epoch == epoch
+            if is_best:
+                sel_weights = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                if out_dir and (cfg.selection != "last" or epoch == cfg.epochs - 1):
+                    _atomic_save({"model": sel_weights, "epoch": epoch, "metrics": metrics, "config": cfg.to_dict(),
+                                  "fold": fold, "selection": cfg.selection}, os.path.join(out_dir, BEST_FILE))
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                     "history": history, "best": best, "config": cfg.to_dict(), "fold": fold}
+                     "history": history, "best": best, "best_inner": best_inner, "preds": preds,
+                     "config": cfg.to_dict(), "fold": fold}
             if not out_dir:
-                state["best_model"] = best_weights
+                state["best_model"] = sel_weights
             last = out_dir and (save_last_every_epoch or epoch == cfg.epochs - 1)
             if last:
                 _atomic_save(state, os.path.join(out_dir, LAST_FILE))
@@ -265,9 +313,24 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
                 reporter.on_epoch(fold, metrics, state, is_best)
         if out_dir and not os.path.exists(os.path.join(out_dir, LAST_FILE)) and resume is not None:
             _atomic_save(resume, os.path.join(out_dir, LAST_FILE))
-        if best_weights is not None:
-            model.load_state_dict(best_weights)
-        ev = evaluate(model, source.val_batches(), rt)
-        best_metrics = binary_metrics(ev.labels, ev.prob, cfg.threshold_value)
-        best_metrics = {**best_metrics, "loss": ev.loss}
-        return FoldResult(fold, history, int(best["epoch"]), best_metrics, ev.frame(fold), resumed_from)
+        epochs = {"best_val": int(best["epoch"]), "last": len(history) - 1, "inner": int(best_inner["epoch"])}
+        estimates: dict[str, dict[str, Any]] = {}
+        for key, rec in preds.items():
+            df = pd.DataFrame(rec["records"])
+            mm = {**binary_metrics(df["label"], df["prob"], cfg.threshold_value), "loss": rec["loss"]}
+            estimates[key] = {"epoch": epochs[key], "metrics": mm, "predictions": df}
+        external = None
+        if sel_weights is not None:
+            model.load_state_dict(sel_weights)
+        key = SELECTED_ESTIMATE[cfg.selection]
+        if key not in estimates:  # resumed from a checkpoint written before the estimates were kept
+            ev = evaluate(model, source.val_batches(), rt)
+            estimates[key] = {"epoch": epochs[key], "predictions": ev.frame(fold),
+                              "metrics": {**binary_metrics(ev.labels, ev.prob, cfg.threshold_value), "loss": ev.loss}}
+        chosen = estimates[key]
+        ext_batches = _optional_batches(source, "external_batches")
+        if ext_batches is not None:
+            xe = evaluate(model, ext_batches, rt, what="external", allow_empty=True)
+            external = None if xe is None else xe.frame(fold)
+        return FoldResult(fold, history, int(chosen["epoch"]), dict(chosen["metrics"]), chosen["predictions"],
+                          resumed_from, estimates=estimates, external=external, selection=cfg.selection)

@@ -2,10 +2,14 @@
 and the Ray path.
 
     RUN/folds/fold<k>/metrics.jsonl      one line per finished epoch (appended as it goes)
-    RUN/folds/fold<k>/best.pt, last.pt   best (by val AUC) weights; last full state
+    RUN/folds/fold<k>/best.pt, last.pt   weights chosen by the selection rule; last full state
     RUN/folds/fold<k>/history.csv        the fold's epoch metrics (at the end)
-    RUN/folds/fold<k>/predictions.csv    validation predictions of the best checkpoint
-    RUN/folds/fold<k>/result.json        best epoch + metrics; its presence = fold done
+    RUN/folds/fold<k>/predictions.csv    validation predictions of the selected checkpoint
+    RUN/folds/fold<k>/predictions_<estimate>.csv   the same for each estimate
+                                         (best_val = optimistic, last, inner)
+    RUN/folds/fold<k>/external_predictions.csv     the selected checkpoint on the external site
+    RUN/folds/fold<k>/result.json        selected epoch + metrics, each estimate's epoch and
+                                         metrics; its presence = fold done
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ METRICS_FILE = "metrics.jsonl"
 HISTORY_FILE = "history.csv"
 PREDICTIONS_FILE = "predictions.csv"
 RESULT_FILE = "result.json"
+EXTERNAL_FILE = "external_predictions.csv"
 
 
 def _clean(v: Any) -> Any:
@@ -67,12 +72,22 @@ def read_metrics_log(fold_dir: str) -> pd.DataFrame:
     return df.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True) if len(df) else df
 
 
+def estimate_file(key: str) -> str:
+    return f"predictions_{key}.csv"
+
+
 def write_fold_outputs(fold_dir: str, result: FoldResult) -> None:
     os.makedirs(fold_dir, exist_ok=True)
     pd.DataFrame(result.history).to_csv(os.path.join(fold_dir, HISTORY_FILE), index=False)
     result.predictions.to_csv(os.path.join(fold_dir, PREDICTIONS_FILE), index=False)
+    for key, est in result.estimates.items():
+        est["predictions"].to_csv(os.path.join(fold_dir, estimate_file(key)), index=False)
+    if result.external is not None:
+        result.external.to_csv(os.path.join(fold_dir, EXTERNAL_FILE), index=False)
     write_json(os.path.join(fold_dir, RESULT_FILE), {
-        "fold": result.fold, "best_epoch": result.best_epoch, "best_metrics": result.best_metrics,
+        "fold": result.fold, "selection": result.selection, "best_epoch": result.best_epoch,
+        "best_metrics": result.best_metrics,
+        "estimates": {k: {"epoch": v["epoch"], "metrics": v["metrics"]} for k, v in result.estimates.items()},
         "epochs_run": len(result.history), "resumed_from_epoch": result.resumed_from_epoch,
         "resumed_epochs": sorted({int(h["resumed_from_epoch"]) for h in result.history if h["resumed_from_epoch"] >= 0}),
     })
@@ -87,4 +102,9 @@ def read_fold(fold_dir: str) -> dict[str, Any]:
         res = json.load(fh)
     res["history"] = pd.read_csv(os.path.join(fold_dir, HISTORY_FILE))
     res["predictions"] = pd.read_csv(os.path.join(fold_dir, PREDICTIONS_FILE), dtype={"case_id": str})
+    res["estimate_predictions"] = {
+        k: pd.read_csv(os.path.join(fold_dir, estimate_file(k)), dtype={"case_id": str})
+        for k in res.get("estimates", {}) if os.path.exists(os.path.join(fold_dir, estimate_file(k)))}
+    ext = os.path.join(fold_dir, EXTERNAL_FILE)
+    res["external"] = pd.read_csv(ext, dtype={"case_id": str}) if os.path.exists(ext) else None
     return res

@@ -95,7 +95,8 @@ class RaySource:
     def __init__(self, root: str, train: pd.DataFrame, val: pd.DataFrame, batch_size: int, seed: int,
                  data_cpus: float = 0.25, materialize_train: bool = True, val_iter: Any = None,
                  prefetch_batches: int = 2, materialize_val: bool = True, concurrency: int | None = None,
-                 on_first_batch: Any = None) -> None:
+                 on_first_batch: Any = None, inner: pd.DataFrame | None = None,
+                 external: pd.DataFrame | None = None) -> None:
         configure_data_context()
         self.root, self.batch_size, self.seed = str(root), batch_size, seed
         self.data_cpus, self.prefetch = data_cpus, prefetch_batches
@@ -103,6 +104,13 @@ class RaySource:
         self.train_ids = list(self.train.index)
         self.val = val.set_index(val["case_id"].astype(str), drop=False).loc[val_plan(list(val["case_id"].astype(str)))]
         self.val_iter = val_iter
+        # inner selection split (scored every epoch, kept like the validation set) and the
+        # external site (scored once at the end): both in case_id order, like validation
+        self.inner = None if inner is None or not len(inner) else inner.set_index(
+            inner["case_id"].astype(str), drop=False).loc[val_plan(list(inner["case_id"].astype(str)))]
+        self.external = None if external is None or not len(external) else external.set_index(
+            external["case_id"].astype(str), drop=False).loc[val_plan(list(external["case_id"].astype(str)))]
+        self._inner_refs: list[Any] | None = None
         self.concurrency = concurrency
         self.materialize_val = materialize_val
         self.on_first_batch = on_first_batch  # called once, when the first training batch arrives
@@ -178,5 +186,19 @@ class RaySource:
                 self._val_refs = self._materialize(self.val)
             return self._iter_refs(self._val_refs)
         return self._iterate(cases_dataset(self.root, self.val, self.data_cpus, concurrency=self.concurrency))
+
+    def inner_batches(self) -> Iterator[Batch]:
+        if self.inner is None:
+            return iter(())
+        if self.materialize_val:
+            if self._inner_refs is None:
+                self._inner_refs = self._materialize(self.inner)
+            return self._iter_refs(self._inner_refs)
+        return self._iterate(cases_dataset(self.root, self.inner, self.data_cpus, concurrency=self.concurrency))
+
+    def external_batches(self) -> Iterator[Batch]:
+        if self.external is None:
+            return iter(())
+        return self._iterate(cases_dataset(self.root, self.external, self.data_cpus, concurrency=self.concurrency))
 
 

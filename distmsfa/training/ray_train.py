@@ -115,8 +115,12 @@ def train_func(config: dict[str, Any]) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             resume = load_state(os.path.join(d, STATE_FILE))
+    cols = ["case_id", "patient_id", "label", "pair_path", "pair_sha256"]
     train, val = pd.DataFrame(config["train_rows"]), pd.DataFrame(config["val_rows"])
+    inner = pd.DataFrame(config.get("inner_rows") or [], columns=cols)
+    external = pd.DataFrame(config.get("external_rows") or [], columns=cols)
     source = RaySource(config["root"], train, val, cfg.batch_size, cfg.seed, data_cpus=config["data_cpus"],
+                       inner=inner, external=external,
                        materialize_train=config["materialize_train"], materialize_val=config["materialize_val"],
                        concurrency=config.get("read_concurrency"),
                        on_first_batch=lambda: mark(fold_dir, "first_batch"))
@@ -219,4 +223,4 @@ def _one_line(exc: BaseException) -> str:
 
 def dump_spec(spec: dict[str, Any], path: str) -> None:
     with open(path, "w", encoding="utf-8") as fh:
-        json.dump({k: v for k, v in spec.items() if k not in ("train_rows", "val_rows")}, fh, indent=2, default=str)
+        json.dump({k: v for k, v in spec.items() if not k.endswith("_rows")}, fh, indent=2, default=str)

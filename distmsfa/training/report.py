@@ -30,6 +30,70 @@ def summarize(oof: pd.DataFrame, best_epochs: dict[int, int], policy: str, fixed
     }
 
 
+#: What each CV estimate is; every table and summary.json carries these labels.
+ESTIMATE_LABELS: dict[str, str] = {
+    "best_val": "(a) best validation epoch - OPTIMISTIC (the epoch was chosen on these same labels)",
+    "last": "(b) last epoch",
+    "inner": "(c) inner-split selection - honest (the fold's validation cases did not influence the choice)",
+}
+ESTIMATE_SHORT: dict[str, str] = {"best_val": "(a) best val epoch: OPTIMISTIC", "last": "(b) last epoch",
+                                  "inner": "(c) inner-selected: honest"}
+ESTIMATE_ORDER = ("best_val", "last", "inner")
+SELECTED_ESTIMATE = {"val": "best_val", "inner": "inner", "last": "last"}
+
+
+def summarize_run(done: dict[int, dict[str, Any]], policy: str, fixed: float, selection: str) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame | None]:
+    """The CV summary of finished folds (``outputs.read_fold`` dicts): the selected estimate at
+    the top level (``folds``, ``mean``, ``std``, ``pooled_oof``: what a user quotes, labelled),
+    every estimate under ``estimates``, and the external site under ``external``.
+
+    Returns (summary, out-of-fold predictions of the selected estimate, external
+    predictions: one column per fold model plus the fold-ensemble mean, or None)."""
+    oof = pd.concat([d["predictions"] for d in done.values()], ignore_index=True).sort_values(["fold", "case_id"])
+    key = SELECTED_ESTIMATE[selection]
+    summary = summarize(oof, {f: d["best_epoch"] for f, d in done.items()}, policy, fixed)
+    summary.update(selection=selection, estimate=key, estimate_label=ESTIMATE_LABELS[key], estimates={})
+    for k in ESTIMATE_ORDER:
+        parts = [d.get("estimate_predictions", {}).get(k) for d in done.values()]
+        if any(p is None for p in parts):
+            continue
+        est_oof = pd.concat(parts, ignore_index=True).sort_values(["fold", "case_id"])
+        epochs = {f: d["estimates"][k]["epoch"] for f, d in done.items()}
+        s = summarize(est_oof, epochs, policy, fixed)
+        summary["estimates"][k] = {"label": ESTIMATE_LABELS[k], **s}
+    ext = external_frame(done)
+    if ext is not None:
+        summary["external"] = summarize_external(ext, summary["threshold"])
+    return summary, oof, ext
+
+
+def external_frame(done: dict[int, dict[str, Any]]) -> pd.DataFrame | None:
+    """Wide external predictions: case_id, label, prob_fold<k> per fold model, prob = their mean."""
+    frames = {f: d.get("external") for f, d in done.items()}
+    frames = {f: x for f, x in frames.items() if x is not None and len(x)}
+    if not frames:
+        return None
+    base = None
+    for f, x in sorted(frames.items()):
+        col = x[["case_id", "label", "prob"]].rename(columns={"prob": f"prob_fold{f}"})
+        base = col if base is None else base.merge(col, on=["case_id", "label"], how="outer")
+    cols = [c for c in base.columns if c.startswith("prob_fold")]
+    base["prob"] = base[cols].mean(axis=1)
+    return base.sort_values("case_id").reset_index(drop=True)
+
+
+def summarize_external(ext: pd.DataFrame, threshold: float) -> dict[str, Any]:
+    """Each fold model and the fold ensemble (mean probability) on the external site, at the
+    CV run's threshold (chosen without the external labels)."""
+    folds = {c[len("prob_fold"):]: binary_metrics(ext["label"], ext[c], threshold)
+             for c in ext.columns if c.startswith("prob_fold")}
+    stats = {k: mean_std([m[k] for m in folds.values()]) for k in METRIC_NAMES}
+    return {"threshold": threshold, "n_cases": int(len(ext)), "folds": folds,
+            "mean": {k: v[0] for k, v in stats.items()}, "std": {k: v[1] for k, v in stats.items()},
+            "ensemble": binary_metrics(ext["label"], ext["prob"], threshold),
+            "label": "external site: each fold's selected checkpoint (mean ± std) and the fold ensemble (mean probability)"}
+
+
 def _fmt(v: float) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
@@ -46,6 +110,29 @@ def summary_table(summary: dict[str, Any], title: str):
     for k in METRIC_NAMES:
         t.add_row(k.upper(), f"{_fmt(summary['mean'][k])} ± {_fmt(summary['std'][k])}",
                   *[_fmt(summary["folds"][f][k]) for f in folds])
+    if "estimate_label" in summary:
+        t.caption = f"estimate: {summary['estimate_label']}"
+    return t
+
+
+def estimates_table(summary: dict[str, Any]):
+    """Every CV estimate (and the external site) side by side, each row saying what it is."""
+    from rich.table import Table
+
+    t = Table(title="what the numbers are: CV estimates (mean ± std over folds) and the external site",
+              caption="(a) the epoch with the best AUC on the fold's own validation cases (selection saw their labels); "
+                      "(b) the last epoch; (c) the epoch chosen on an inner split of the training folds")
+    t.add_column("estimate", no_wrap=True)
+    for k in METRIC_NAMES:
+        t.add_column(k.upper(), justify="right")
+    for key, est in summary.get("estimates", {}).items():
+        mark = " [reported]" if key == summary.get("estimate") else ""
+        t.add_row(ESTIMATE_SHORT.get(key, key) + mark, *[f"{_fmt(est['mean'][k])} ± {_fmt(est['std'][k])}" for k in METRIC_NAMES])
+    ext = summary.get("external")
+    if ext:
+        t.add_row(f"external, fold models (n={ext['n_cases']})",
+                  *[f"{_fmt(ext['mean'][k])} ± {_fmt(ext['std'][k])}" for k in METRIC_NAMES])
+        t.add_row("external, fold ensemble", *[_fmt(ext["ensemble"][k]) for k in METRIC_NAMES])
     return t
 
 
@@ -56,7 +143,8 @@ def plot_learning_curves(histories: dict[int, pd.DataFrame], path: str, title: s
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    panels = [("loss", ["train_loss", "val_loss"]), ("val AUC", ["val_auc"]), ("val ACC / F1", ["val_acc", "val_f1"])]
+    panels = [("loss", ["train_loss", "val_loss", "inner_loss"]), ("val AUC", ["val_auc", "inner_auc"]),
+              ("val ACC / F1", ["val_acc", "val_f1"])]
     wcols = sorted({c for h in histories.values() for c in h.columns if c.startswith("train_w_")})
     if wcols:
         panels.append(("hybrid-loss weights", wcols))
@@ -121,10 +209,12 @@ class LiveProgress:
         if auc is not None and not (isinstance(auc, float) and math.isnan(auc)) and (math.isnan(best) or auc > best):
             best = auc
         st.update(status="running", epoch=int(m["epoch"]) + 1, train_loss=m.get("train_loss"), val_loss=m.get("val_loss"),
-                  val_auc=auc, best_auc=best, epoch_s=m.get("epoch_time_s"))
+                  val_auc=auc, best_auc=best, inner_auc=m.get("inner_auc"), epoch_s=m.get("epoch_time_s"))
         if self.enabled and self._live is None:
             self.console.print(f"fold {fold} epoch {int(m['epoch']) + 1}/{self.epochs}: train loss {_fmt(m.get('train_loss'))}"
-                               f"  val loss {_fmt(m.get('val_loss'))}  val AUC {_fmt(auc)}  ({_fmt(m.get('epoch_time_s'))} s)",
+                               f"  val loss {_fmt(m.get('val_loss'))}  val AUC {_fmt(auc)}"
+                               + (f"  inner AUC {_fmt(m.get('inner_auc'))}" if "inner_auc" in m else "")
+                               + f"  ({_fmt(m.get('epoch_time_s'))} s)",
                                highlight=False)
         self._refresh()
 
@@ -136,10 +226,12 @@ class LiveProgress:
         from rich.table import Table
 
         t = Table(title=f"cross-validation  ({time.time() - self.t0:.0f} s)")
-        for c in ("fold", "status", "epoch", "train loss", "val loss", "val AUC", "best AUC", "s/epoch"):
+        for c in ("fold", "status", "epoch", "train loss", "val loss", "val AUC", "max val AUC (optimistic)",
+                  "inner AUC", "s/epoch"):
             t.add_column(c, justify="right")
         for f in sorted(self.state):
             s = self.state[f]
             t.add_row(str(f), s.get("status", ""), f"{s.get('epoch', 0)}/{self.epochs}", _fmt(s.get("train_loss")),
-                      _fmt(s.get("val_loss")), _fmt(s.get("val_auc")), _fmt(s.get("best_auc")), _fmt(s.get("epoch_s")))
+                      _fmt(s.get("val_loss")), _fmt(s.get("val_auc")), _fmt(s.get("best_auc")), _fmt(s.get("inner_auc")),
+                      _fmt(s.get("epoch_s")))
         return t

@@ -22,7 +22,8 @@ from distmsfa.training import run_cv
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-COMPARE = ("train_loss", "val_loss", "val_auc", "val_acc", "val_sen", "val_spec", "val_f1", "train_w_fuse")
+COMPARE = ("train_loss", "val_loss", "val_auc", "val_acc", "val_sen", "val_spec", "val_f1", "train_w_fuse",
+           "inner_auc", "inner_loss")
 
 
 def _lines(path: Path) -> list[dict]:
@@ -59,6 +60,12 @@ def test_ray_cv_end_to_end_gives_the_plain_loops_metrics(synthetic_dataset, ray_
     assert list(a["case_id"]) == list(b["case_id"])
     np.testing.assert_allclose(b["prob"], a["prob"], rtol=1e-5, atol=1e-6)
     assert res.summary["mean"] == pytest.approx(plain.summary["mean"], nan_ok=True)
+    # the inner selection split and the external site: same partition, same predictions
+    assert res.summary["estimates"]["best_val"]["mean"] == pytest.approx(plain.summary["estimates"]["best_val"]["mean"],
+                                                                         nan_ok=True)
+    ep, er = (pd.read_csv(d / "external_predictions.csv", dtype={"case_id": str}) for d in (tmp_path / "plain", run))
+    assert list(ep["case_id"]) == list(er["case_id"]) and len(ep) > 0
+    np.testing.assert_allclose(er["prob"], ep["prob"], rtol=1e-5, atol=1e-6)
     # Ray Train kept its last checkpoint per fold; the folds ran at the same time
     assert list((run / "ray" / "fold0").glob("checkpoint_epoch0001"))
     t0, t1 = _timeline(run / "folds" / "fold0"), _timeline(run / "folds" / "fold1")

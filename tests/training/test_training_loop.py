@@ -13,7 +13,7 @@ from distmsfa.config import ConfigError
 from distmsfa.data.index import read_index
 from distmsfa.models import list_models
 from distmsfa.training.augment import augment_batch
-from distmsfa.training.batches import PlainSource, epoch_plan, training_rows
+from distmsfa.training.batches import PlainSource, epoch_plan, fold_rows
 from distmsfa.training.config import AugmentConfig, CVConfig, TrainConfig
 from distmsfa.training.loop import fit_fold, load_state
 from distmsfa.training.profiles import PROFILES
@@ -79,8 +79,8 @@ def test_profiles_match_tune_configs_and_load():
 
 
 def _fold0(ds: Path, cfg: TrainConfig):
-    train, val = training_rows(read_index(ds), 0)
-    return PlainSource(str(ds), train, val, cfg.batch_size, cfg.seed)
+    r = fold_rows(read_index(ds), 0, cfg.selection, cfg.inner_fraction, cfg.inner_seed)
+    return PlainSource(str(ds), r.train, r.val, cfg.batch_size, cfg.seed, inner=r.inner, external=r.external)
 
 
 def test_resume_from_last_checkpoint_equals_an_uninterrupted_run(tiny_dataset, tmp_path):
