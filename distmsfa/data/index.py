@@ -11,7 +11,7 @@ Layout of a dataset root (local folder or ``s3://`` / ``gs://`` URI)::
 
 ``pair_path`` / ``roi_path`` in the index are relative to ROOT, so a dataset can be
 copied to object storage as it is.  ``pair_sha256`` is the SHA-256 of the ``.npy``
-file bytes; readers may verify it (``load_pair(..., verify=...)``).
+file bytes; ``load_pair`` verifies it once per process and file (PairChecksumError naming the case).
 Arrays are plain ``.npy`` (no pickle) so any reader, and Ray Data through
 ``pyarrow.fs``, can stream them from local disk or object storage.
 """
@@ -88,14 +88,33 @@ def array_from_npy_bytes(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
+def _umask() -> int:
+    """The process umask (read without changing it where /proc allows; else set-and-restore)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 def write_bytes_atomic(root: str | os.PathLike[str], rel: str, data: bytes) -> None:
-    """Write a file so that readers never see a half-written one (tmp + rename locally)."""
+    """Write a file so that readers never see a half-written one (tmp + rename locally).
+
+    The file gets the mode a plain ``open(..., "w")`` would give (0666 minus the umask),
+    not mkstemp's 0600: a dataset on a shared filesystem must be readable by the
+    cluster's other users when the umask says so."""
     fs, base = resolve_root(root)
     target = _join(base, rel)
     if isinstance(fs, pafs.LocalFileSystem):
         os.makedirs(os.path.dirname(target), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-")
         try:
+            os.fchmod(fd, 0o666 & ~_umask())
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             os.replace(tmp, target)
@@ -115,16 +134,50 @@ def save_array(root: str | os.PathLike[str], rel: str, arr: np.ndarray) -> str:
     return sha256_bytes(data)
 
 
-def load_array(root: str | os.PathLike[str], rel: str, expected_sha256: str | None = None) -> np.ndarray:
+class PairChecksumError(IOError):
+    """A pair file does not match the ``pair_sha256`` recorded in the index."""
+
+
+def load_array(root: str | os.PathLike[str], rel: str, expected_sha256: str | None = None,
+               case_id: str | None = None) -> np.ndarray:
     data = read_bytes(root, rel)
     if expected_sha256 is not None and sha256_bytes(data) != expected_sha256:
-        raise IOError(f"{rel}: checksum mismatch (file changed or corrupt); re-run `distmsfa preprocess`")
-    return array_from_npy_bytes(data)
+        who = f"case {case_id}: " if case_id else ""
+        raise PairChecksumError(f"{who}{rel} does not match its recorded checksum (the file was changed, truncated "
+                                f"or is corrupt); re-run `distmsfa preprocess` to rewrite it")
+    try:
+        return array_from_npy_bytes(data)
+    except ValueError as exc:
+        who = f"case {case_id}: " if case_id else ""
+        raise PairChecksumError(f"{who}{rel} is not a readable .npy array ({exc})") from None
 
 
-def load_pair(root: str | os.PathLike[str], row: Any, verify: bool = False) -> np.ndarray:
-    """Load the ``(2, D, H, W)`` float16 pair of one index row (a Series/dict with pair_path)."""
-    return load_array(root, row["pair_path"], row["pair_sha256"] if verify else None)
+#: (root, pair_path, sha256) of the pairs this process has verified: each file is hashed
+#: once per process (the first epoch), not on every read.
+_VERIFIED: set[tuple[str, str, str]] = set()
+
+
+def load_pair(root: str | os.PathLike[str], row: Any, verify: bool = True) -> np.ndarray:
+    """Load the ``(2, D, H, W)`` float16 pair of one index row (a Series/dict with pair_path).
+
+    ``verify`` (default): the first read of a file in this process checks it against the
+    row's ``pair_sha256`` (PairChecksumError naming the case on mismatch); later reads of
+    the same file skip the hash.  A row without ``pair_sha256`` is not verified."""
+    rel = row["pair_path"]
+    try:
+        expected = row["pair_sha256"]
+    except (KeyError, IndexError):
+        expected = None
+    try:
+        cid = row["case_id"]
+    except (KeyError, IndexError):
+        cid = None
+    key = (os.fspath(root), str(rel), str(expected))
+    if not verify or not expected or key in _VERIFIED:
+        return load_array(root, rel, None, cid)
+    arr = load_array(root, rel, expected, cid)
+    _VERIFIED.add(key)
+    return arr
 
 
 def read_index(root: str | os.PathLike[str]) -> pd.DataFrame:

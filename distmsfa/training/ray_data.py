@@ -40,10 +40,14 @@ def configure_data_context() -> None:
     ctx.print_on_execution_start = False
 
 
-def load_pairs(batch: dict[str, np.ndarray], root: str, verify: bool = False) -> dict[str, np.ndarray]:
-    """map_batches function: index rows -> ``{case_id, x (n, 2, D, H, W) float16, label}``."""
+def load_pairs(batch: dict[str, np.ndarray], root: str, verify: bool = True) -> dict[str, np.ndarray]:
+    """map_batches function: index rows -> ``{case_id, x (n, 2, D, H, W) float16, label}``.
+
+    ``verify``: each pair file is checked against its recorded ``pair_sha256`` the first
+    time this read process loads it (a damaged file fails naming its case)."""
     n = len(batch["case_id"])
-    pairs = [load_pair(root, {"pair_path": batch["pair_path"][i], "pair_sha256": batch["pair_sha256"][i]}, verify=verify)
+    pairs = [load_pair(root, {"pair_path": batch["pair_path"][i], "pair_sha256": batch["pair_sha256"][i],
+                              "case_id": str(batch["case_id"][i])}, verify=verify)
              for i in range(n)]
     return {"case_id": batch["case_id"], "x": np.stack(pairs), "label": batch["label"].astype(np.float32)}
 
