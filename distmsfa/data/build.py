@@ -5,6 +5,12 @@ task per case to the serial loop or to Ray Data (``ray_preprocess``), collect re
 as they finish (progress bar, periodic index checkpoints), then assign folds and write
 ``index.parquet``, ``folds.parquet``, ``failed.csv`` and ``fingerprint.json``.
 Every write is atomic, so a crash leaves the previous (or a checkpointed) index.
+
+Guards (docs/preprocessing.md, "Re-running into an existing dataset"): the dataset
+records the manifest and the preprocessing fingerprint it came from, and a run with
+another one is refused before any work unless ``update=True``; cases of the index that
+this run does not produce (failed now, or absent from the manifest) are kept unless
+``force=True``; ``folds.parquet`` always covers exactly the indexed cases.
 """
 from __future__ import annotations
 
@@ -40,6 +46,8 @@ class BuildReport:
     fingerprint: str = ""
     seconds: float = 0.0
     executor: str = "serial"
+    kept: list[str] = dataclasses.field(default_factory=list)  # failed now, previous version kept
+    dropped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (case_id, why)
 
     @property
     def n_ok(self) -> int:
@@ -67,18 +75,67 @@ def _join(root: str, rel: str) -> str:
     return root.rstrip("/") + "/" + rel
 
 
+class DatasetError(ValueError):
+    """The dataset at ``out`` cannot be (re)built as asked; nothing was changed."""
+
+
 def _read_json(root: str, rel: str) -> dict | None:
+    """A JSON file of the dataset; None when absent, DatasetError naming it when corrupt
+    (a corrupt fingerprint.json must not read as "new dataset": it guards the folds)."""
     try:
-        return json.loads(dsindex.read_bytes(root, rel))
-    except (FileNotFoundError, OSError, ValueError):
+        data = dsindex.read_bytes(root, rel)
+    except FileNotFoundError:
         return None
+    try:
+        out = json.loads(data)
+        if not isinstance(out, dict):
+            raise ValueError(f"top level is a {type(out).__name__}, not an object")
+        return out
+    except ValueError as exc:
+        raise DatasetError(
+            f"{rel} of the dataset is corrupt ({str(exc).splitlines()[0][:120]}); it records the settings that "
+            f"guard the folds: restore it from a backup, or rebuild into a new --out"
+        ) from None
 
 
 def _read_parquet(root: str, rel: str) -> pd.DataFrame | None:
     try:
-        return pd.read_parquet(io.BytesIO(dsindex.read_bytes(root, rel)))
-    except (FileNotFoundError, OSError):
+        data = dsindex.read_bytes(root, rel)
+    except FileNotFoundError:
         return None
+    try:
+        return pd.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        raise DatasetError(f"{rel} of the dataset is corrupt ({str(exc).splitlines()[0][:120]}); "
+                           f"restore it from a backup, or rebuild into a new --out") from None
+
+
+def _check_out(root: str) -> None:
+    """Refuse an unusable --out before any work: an existing file, or not writable."""
+    if "://" in root:
+        return
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise DatasetError(f"--out {root} is an existing file, not a dataset folder; choose a folder")
+    try:
+        os.makedirs(root, exist_ok=True)
+        import tempfile
+
+        with tempfile.TemporaryFile(dir=root, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise DatasetError(f"--out {root} is not writable ({exc.strerror or type(exc).__name__}); "
+                           f"choose a folder you can write to") from None
+
+
+def _manifest_id(manifest: str | os.PathLike[str]) -> str:
+    m = os.fspath(manifest)
+    return m if "://" in m else os.path.realpath(m)
+
+
+def _short(path: str) -> str:
+    """A manifest's name for messages: its folder and file name, not the machine path."""
+    parts = path.rstrip("/").split("/")
+    return "/".join(parts[-2:])
 
 
 def _index_frame(rows: Iterable[dict]) -> pd.DataFrame:
@@ -86,7 +143,7 @@ def _index_frame(rows: Iterable[dict]) -> pd.DataFrame:
     if df.empty:
         df = pd.DataFrame({c: pd.Series(dtype=object) for c in dsindex.INDEX_COLUMNS})
     for col in ("label", "fold"):
-        df[col] = pd.array([None if v is None or v != v else int(v) for v in df[col]], dtype="Int8")
+        df[col] = pd.array([None if v is None or pd.isna(v) else int(v) for v in df[col]], dtype="Int8")
     df["is_external"] = df["is_external"].astype(bool)
     return df.sort_values("case_id").reset_index(drop=True) if len(df) else df
 
@@ -135,21 +192,44 @@ def build_dataset(
     progress: bool = True,
     refold: bool = False,
     refingerprint: bool = False,
+    update: bool = False,
+    force: bool = False,
 ) -> BuildReport:
     """Preprocess every case of ``manifest`` into the dataset at ``out`` (local path or URI).
 
     ``address``: None = Ray (connect to a running one, or start a local one), ``"auto"`` or
     ``"ray://..."``/``"host:port"`` = that cluster, ``"serial"`` = no Ray, one process.
-    Raises ManifestError for a structurally broken manifest; per-case problems (bad rows,
-    unreadable images...) are reported in ``BuildReport.failures`` and ``failed.csv``."""
+    Raises ManifestError for a structurally broken manifest and DatasetError (before any
+    work) for an unusable ``out`` or a run the guards refuse; per-case problems (bad rows,
+    unreadable images...) are reported in ``BuildReport.failures`` and ``failed.csv``.
+
+    ``update``: accept a dataset built from another manifest or other preprocessing
+    settings (its cases are kept, same case ids replaced).  ``force``: the index becomes
+    exactly this run's good cases (cases that fail now or are absent from the manifest
+    are dropped, with their files)."""
     cfg = config or PreprocessConfig()
     t0 = time.perf_counter()
     root = os.fspath(out) if "://" in os.fspath(out) else os.path.abspath(os.fspath(out))
-    if "://" not in root:
-        os.makedirs(root, exist_ok=True)
+    _check_out(root)
     manifest_obj = load_manifest(manifest)
     stored = _read_json(root, dsindex.FINGERPRINT_FILE)
     ext, existing_folds = _folds_config(root, stored, cfg, external_sites, refold)
+    try:
+        old_index = dsindex.read_index(root)
+    except FileNotFoundError:
+        old_index = None
+    except Exception as exc:  # noqa: BLE001 - a damaged index.parquet
+        raise DatasetError(f"{dsindex.INDEX_FILE} of the dataset is corrupt ({str(exc).splitlines()[0][:120]}); "
+                           f"restore it from a backup, or rebuild into a new --out") from None
+    previous = {r["case_id"]: r for r in old_index.to_dict("records")} if old_index is not None else {}
+    mid = _manifest_id(manifest)
+    old_mid = ((stored or {}).get("manifest") or {}).get("source")
+    if previous and old_mid and old_mid != mid and not update:
+        raise DatasetError(
+            f"the dataset at --out was built from another manifest ({_short(old_mid)}), not {_short(mid)}: "
+            f"its {len(previous)} cases would be overwritten (same case ids) or orphaned; nothing was changed. "
+            f"Pass --update to add this manifest's cases to it, or choose another --out"
+        )
 
     # The target spacing: explicit > stored (so adding cases does not redo the others) > fingerprint
     fp_data = (stored or {}).get("dataset")
@@ -161,12 +241,21 @@ def build_dataset(
             fp_data = dataset_fingerprint(manifest_obj.cases, cfg.orientation)
         spacing = target_spacing(cfg, fp_data)
     fingerprint = params_fingerprint(cfg, spacing)
-
-    try:
-        old_index = dsindex.read_index(root)
-        previous = {r["case_id"]: r for r in old_index.to_dict("records")}
-    except FileNotFoundError:
-        previous = {}
+    manifest_ids = {c.case_id for c in manifest_obj.cases} | {p.case_id for p in manifest_obj.problems if p.case_id}
+    stale = sorted(c for c, r in previous.items() if r.get("fingerprint") != fingerprint)
+    if stale and not (update or refingerprint):
+        raise DatasetError(
+            f"the dataset at --out was preprocessed with other settings ({len(stale)} of its cases, e.g. "
+            f"{', '.join(stale[:3])}; spacing/crop/orientation/intensity options or library versions differ); "
+            f"nothing was changed. Pass --update to rebuild its cases with these settings, or choose another --out"
+        )
+    stale_untouched = [c for c in stale if c not in manifest_ids]
+    if stale_untouched and not force:
+        raise DatasetError(
+            f"{len(stale_untouched)} indexed case(s) are not in this manifest and were preprocessed with other "
+            f"settings ({', '.join(stale_untouched[:5])}{', ...' if len(stale_untouched) > 5 else ''}); they would "
+            f"not match the rebuilt ones; nothing was changed. Add them to the manifest, or pass --force to drop them"
+        )
     threads = 1 if address != "serial" else 0
     tasks = [make_task(c, root, cfg, spacing, fingerprint, previous.get(c.case_id), threads)
              for c in manifest_obj.cases]
@@ -192,8 +281,8 @@ def build_dataset(
             if bar:
                 bar[0].update(bar[1], advance=1, description=f"preprocess ({len(report.failures)} failed)")
             if time.monotonic() - last_ckpt > CHECKPOINT_EVERY_S:
-                # a valid index at any time: finished rows + untouched old rows of pending cases
-                ckpt = {**{c: previous[c] for c in pending if c in previous}, **rows}
+                # a valid index at any time: finished rows + the old rows of every other case
+                ckpt = {**previous, **rows}
                 dsindex.write_index(root, _index_frame(ckpt.values()))
                 last_ckpt = time.monotonic()
     finally:
@@ -203,12 +292,32 @@ def build_dataset(
         report.failures.append((cid, "worker process died while preprocessing (a reader crash?); re-run to retry"))
     report.n_failed = len(report.failures)
 
-    index_df = _index_frame(rows.values())
+    # Cases of the old index this run did not produce: kept (never lost by accident), or
+    # dropped with their files when asked (--force) or when they cannot match the new ones.
+    final = dict(rows)
+    for cid, prev in sorted(previous.items()):
+        if cid in rows:
+            continue
+        if force:
+            report.dropped.append((cid, "failed in this run" if cid in manifest_ids else "not in this manifest"))
+        elif prev.get("fingerprint") != fingerprint:
+            report.dropped.append((cid, "failed in this run, and its previous version was preprocessed with other "
+                                        "settings"))
+        else:
+            final[cid] = prev
+            if cid in manifest_ids:
+                report.kept.append(cid)
+    for cid, _ in report.dropped:
+        _remove_case_files(root, previous[cid])
+
+    index_df = _index_frame(final.values())
+    _check_patient_labels(index_df)
     base = existing_folds if existing_folds is not None else None
+    # folds cover exactly the indexed cases: existing assignments kept verbatim, rows of
+    # cases no longer indexed removed, new cases placed
     folds = assign_folds(index_df, cfg.n_folds, cfg.seed, ext, existing=base) if len(index_df) else None
-    if base is not None:
-        keep = base[~base["case_id"].isin(folds["case_id"] if folds is not None else [])]
-        folds = pd.concat([keep, folds]) if folds is not None else base
+    if folds is None and base is not None:
+        folds = base.iloc[0:0]
     if folds is not None:
         folds = folds.sort_values("case_id").reset_index(drop=True)
         lookup = folds.set_index("case_id")
@@ -226,10 +335,40 @@ def build_dataset(
     meta = {
         "dataset": fp_data, "params": params_payload(cfg, spacing), "fingerprint": fingerprint,
         "folds": {"n_folds": cfg.n_folds, "seed": cfg.seed, "external_sites": list(ext)},
+        "manifest": {"source": mid, "previous": sorted(set(((stored or {}).get("manifest") or {}).get("previous", [])
+                                                            + ([old_mid] if old_mid and old_mid != mid else [])))},
     }
     dsindex.write_bytes_atomic(root, dsindex.FINGERPRINT_FILE, json.dumps(meta, indent=2).encode())
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _remove_case_files(root: str, row: dict) -> None:
+    """Delete the pair and ROI files of a case dropped from the index (no orphans)."""
+    fs, base = dsindex.resolve_root(root)
+    for key in ("pair_path", "roi_path"):
+        rel = row.get(key)
+        if rel:
+            try:
+                fs.delete_file(base.rstrip("/") + "/" + str(rel))
+            except (FileNotFoundError, OSError):
+                pass
+
+
+def _check_patient_labels(df: pd.DataFrame) -> None:
+    """One label per patient across the whole index (a merge with --update can mix them)."""
+    lab = df.dropna(subset=["label"]) if len(df) else df
+    if not len(lab):
+        return
+    n = lab.groupby("patient_id")["label"].nunique()
+    bad = list(n[n > 1].index)
+    if bad:
+        pid = bad[0]
+        cases = ", ".join(f"{r.case_id}={int(r.label)}" for r in lab[lab["patient_id"] == pid].itertuples())
+        raise DatasetError(
+            f"patient {pid} would have cases with different labels in the index ({cases}); folds and the "
+            f"patient-level diagnosis assume one label per patient: fix the labels; nothing was written to the index"
+        )
 
 
 def _progress(enabled: bool, total: int):

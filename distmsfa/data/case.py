@@ -13,7 +13,7 @@ import traceback
 import SimpleITK as sitk
 
 from distmsfa.data import index as dsindex
-from distmsfa.data.preprocess import PreprocessConfig, Roi, preprocess_images
+from distmsfa.data.preprocess import PreprocessConfig, Roi, check_geometry, preprocess_images
 from distmsfa.io.errors import ImageReadError
 from distmsfa.io.manifest import CaseSpec
 
@@ -62,6 +62,14 @@ def _can_skip(root: str, prev: dict, sources: dict, fingerprint: str) -> bool:
     return dsindex.sha256_bytes(data) == prev.get("pair_sha256")
 
 
+def _same_voxels(a: sitk.Image, b: sitk.Image) -> bool:
+    if a.GetSize() != b.GetSize():
+        return False
+    import numpy as np
+
+    return bool(np.array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b)))
+
+
 def run_case(task: dict) -> dict:
     """Do the work; raises on a bad case (``process_case`` catches)."""
     from distmsfa.io.readers import read_image, read_label_map
@@ -76,8 +84,15 @@ def run_case(task: dict) -> dict:
     if prev and _can_skip(root, prev, sources, fp):
         prev.update(label=case.label, patient_id=case.patient_id, site=case.site)
         return {"case_id": case.case_id, "status": "skipped", "reason": "", "row_json": json.dumps(prev)}
+    if sources["t1"] == sources["fs"]:
+        raise ImageReadError("t1 and fs are byte-identical sources; fs must be the fat-suppressed (STIR) series")
     t1 = read_image(case.t1, case.t1_series, "t1")
     fs = read_image(case.fs, case.fs_series, "fs")
+    check_geometry(t1.image, cfg, "t1")
+    check_geometry(fs.image, cfg, "fs")
+    if _same_voxels(t1.image, fs.image):
+        raise ImageReadError("t1 and fs hold identical images (same grid and voxels); fs must be the "
+                             "fat-suppressed (STIR) series")
     roi = Roi(label_map=read_label_map(case.roi).image if case.roi else None,
               center_mm=case.roi_center_mm, bbox_mm=case.roi_bbox_mm)
     res = preprocess_images(t1.image, fs.image, roi, cfg, task["spacing_dhw"])

@@ -2,7 +2,9 @@
 
 Pipeline (``preprocess_images``):
 
-1. check each sequence: finite voxels, not constant;
+1. check each sequence: plausible spacing and field of view (``check_geometry``, called
+   by the case runner on the source headers), finite voxels, not constant; the ROI
+   centre inside both sequences;
 2. robust intensity window per sequence from its *native* grid: the ``clip_percentiles``
    (of the whole image, or of the Otsu foreground); applied after resampling (step 4):
    clip to the window, scale to [0, 1];
@@ -47,9 +49,19 @@ class PreprocessConfig(Config):
     interpolation: str = "linear"  # "linear" | "bspline" for the images (ROI: always nearest)
     n_folds: int = 4
     seed: int = 0
+    # Plausibility of a source header for pelvic/sacroiliac MRI (docs/preprocessing.md):
+    # voxel spacing on every axis, mm; and the field of view: the two largest physical
+    # extents (the in-plane FOV) at least the low value, every extent at most the high one.
+    plausible_spacing_mm: tuple[float, float] = (0.1, 15.0)
+    plausible_fov_mm: tuple[float, float] = (100.0, 700.0)
 
     def __post_init__(self) -> None:
         n = type(self).__name__
+        for key in ("plausible_spacing_mm", "plausible_fov_mm"):
+            rng = tuple(getattr(self, key))
+            require(len(rng) == 2 and 0 < float(rng[0]) < float(rng[1]), n,
+                    f"{key} must be [low, high] in mm with 0 < low < high, got {getattr(self, key)!r}")
+            object.__setattr__(self, key, (float(rng[0]), float(rng[1])))
         if self.target_spacing_mm is not None:
             sp = tuple(self.target_spacing_mm)
             require(len(sp) == 3 and all(float(v) > 0 for v in sp), n,
@@ -122,6 +134,28 @@ def check_intensities(img: sitk.Image, what: str) -> np.ndarray:
     if lo == hi:
         raise ImageReadError(f"{what}: constant image (every voxel = {lo:g}); the file holds no anatomy")
     return arr
+
+
+def check_geometry(img: sitk.Image, cfg: PreprocessConfig, what: str) -> None:
+    """Refuse a header whose spacing or physical extent is implausible for pelvic MRI
+    (a corrupt or mis-scaled header would otherwise give a garbage crop with coverage 1.0)."""
+    sp = np.asarray(img.GetSpacing(), float)
+    ext = sp * np.asarray(img.GetSize(), float)
+    lo, hi = cfg.plausible_spacing_mm
+    for axis, v in zip("xyz", sp):
+        if not (np.isfinite(v) and lo <= v <= hi):
+            raise ImageReadError(
+                f"{what}: voxel spacing {v:g} mm along {axis} is outside the plausible {lo:g}-{hi:g} mm for "
+                f"sacroiliac MRI (spacing {tuple(round(float(x), 4) for x in sp)}); the header is wrong or this is "
+                f"not a pelvic scan (the range is plausible_spacing_mm in the config)")
+    flo, fhi = cfg.plausible_fov_mm
+    top2 = np.sort(ext)[-2:]
+    if ext.max() > fhi or top2.min() < flo:
+        bad = ext.max() if ext.max() > fhi else top2.min()
+        why = f"larger than {fhi:g} mm" if ext.max() > fhi else f"smaller than the {flo:g} mm a pelvis needs in-plane"
+        raise ImageReadError(
+            f"{what}: field of view {' x '.join(f'{float(e):.4g}' for e in ext)} mm: {float(bad):.4g} mm is {why} "
+            f"(size x spacing from the header); check the header's spacing (the range is plausible_fov_mm in the config)")
 
 
 def intensity_window(img: sitk.Image, cfg: PreprocessConfig, what: str) -> tuple[float, float]:
@@ -204,6 +238,10 @@ def preprocess_images(t1: sitk.Image, fs: sitk.Image, roi: Roi, cfg: PreprocessC
     if not (_overlap(t1, fs) or _overlap(fs, t1)):  # both ways: a small FS inside a big T1
         raise ImageReadError("t1 and fs have no physical overlap (different patients, sessions or frames of reference?)")
     center = roi_center(roi, t1)
+    if not _inside(fs, center[None])[0]:
+        o = np.round(center, 1).tolist()
+        raise ImageReadError(f"fs: the ROI centre {o} mm lies outside the fs field of view; both sequences must "
+                             f"cover the ROI (is the fs from the same session and frame of reference?)")
     t1_win = intensity_window(t1, cfg, "t1")
     fs_win = intensity_window(fs, cfg, "fs")
 

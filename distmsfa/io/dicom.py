@@ -19,6 +19,7 @@ from distmsfa.io.errors import ImageReadError
 _TAG_DESC = "0008|103e"
 _TAG_IPP = "0020|0032"
 _TAG_IOP = "0020|0037"
+_TAG_N_IMAGES = "0020|1002"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +27,10 @@ class SeriesInfo:
     uid: str
     description: str
     files: tuple[str, ...]
+    #: DICOM-looking files in this series' folders that GDCM could not parse (truncated or
+    #: corrupt slices): GDCM leaves them out of every series, so reading would silently
+    #: build the volume from the remaining slices.
+    unreadable: tuple[str, ...] = ()
 
     def label(self) -> str:
         return f"{self.uid} ({self.description or 'no description'!s}, {len(self.files)} files)"
@@ -43,6 +48,21 @@ def _tag(r: sitk.ImageFileReader, key: str) -> str:
     return r.GetMetaData(key).strip() if r.HasMetaDataKey(key) else ""
 
 
+def _looks_dicom(path: str) -> bool:
+    """A file meant to be DICOM: a .dcm/.ima name, or the DICM magic after the preamble."""
+    name = os.path.basename(path).lower()
+    if name.startswith(".") or name == "dicomdir":
+        return False
+    if name.endswith((".dcm", ".ima", ".dicom")):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def find_series(folder: str) -> list[SeriesInfo]:
     """Every DICOM series under ``folder`` (recursive), sorted by description then UID."""
     out: dict[str, SeriesInfo] = {}
@@ -56,21 +76,26 @@ def find_series(folder: str) -> list[SeriesInfo]:
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames.sort()
             if filenames:
-                walk.append((dirpath, tuple(reader.GetGDCMSeriesIDs(dirpath) or ())))
+                walk.append((dirpath, sorted(filenames), tuple(reader.GetGDCMSeriesIDs(dirpath) or ())))
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
-    for dirpath, uids in walk:
-        for uid in uids:
-            files = tuple(reader.GetGDCMSeriesFileNames(dirpath, uid))
+    for dirpath, filenames, uids in walk:
+        per_uid = {uid: tuple(reader.GetGDCMSeriesFileNames(dirpath, uid)) for uid in uids}
+        used = {os.path.realpath(f) for files in per_uid.values() for f in files}
+        unread = tuple(os.path.join(dirpath, f) for f in filenames
+                       if os.path.realpath(os.path.join(dirpath, f)) not in used and _looks_dicom(os.path.join(dirpath, f)))
+        for uid, files in per_uid.items():
             if not files:
                 continue
+            bad = unread
             if uid in out:  # a series split over folders: keep every file
                 files = out[uid].files + files
+                bad = out[uid].unreadable + unread
             try:
                 desc = _tag(_header(files[0]), _TAG_DESC)
             except RuntimeError:
                 desc = ""
-            out[uid] = SeriesInfo(uid, desc, files)
+            out[uid] = SeriesInfo(uid, desc, files, bad)
     return sorted(out.values(), key=lambda s: (s.description, s.uid))
 
 
@@ -78,7 +103,7 @@ def select_series(folder: str, selector: str | None, what: str = "image") -> Ser
     """Pick one series; refuse (listing candidates) when none or several match."""
     series = find_series(folder)
     if not series:
-        raise ImageReadError(f"{what}: no DICOM series found under {folder}")
+        raise ImageReadError(f"{what}: no DICOM series found under {os.path.basename(folder.rstrip('/'))!r}")
     if selector:
         exact = [s for s in series if s.uid == selector]
         if exact:
@@ -104,6 +129,20 @@ def select_series(folder: str, selector: str | None, what: str = "image") -> Ser
     )
 
 
+def check_files_readable(info: SeriesInfo, what: str = "image", root: str | None = None) -> None:
+    """Refuse a series with a slice file GDCM could not parse, naming the file (relative to
+    ``root``, the folder the manifest gave, never the machine path)."""
+    if not info.unreadable:
+        return
+    f = info.unreadable[0]
+    name = os.path.relpath(f, root) if root else os.path.basename(f)
+    more = f" (and {len(info.unreadable) - 1} more)" if len(info.unreadable) > 1 else ""
+    raise ImageReadError(
+        f"{what}: series {info.uid} ({info.description or 'no description'}): file {name}{more} is not readable "
+        f"DICOM (truncated or corrupt), so the series would miss a slice; re-export or re-copy the series"
+    )
+
+
 def check_slice_geometry(files: tuple[str, ...], what: str = "image", rtol: float = 0.01) -> None:
     """Refuse mixed orientations, duplicated slice positions and non-uniform slice spacing.
 
@@ -111,14 +150,26 @@ def check_slice_geometry(files: tuple[str, ...], what: str = "image", rtol: floa
     of the ImageOrientationPatient rows), as the DICOM standard defines slice location."""
     if len(files) < 2:
         return
-    iops, ipps = [], []
+    iops, ipps, counts = [], [], set()
     for f in files:
-        h = _header(f)
+        try:
+            h = _header(f)
+        except RuntimeError:
+            raise ImageReadError(f"{what}: cannot read the header of slice file {os.path.basename(f)} "
+                                 f"(truncated or corrupt); re-export or re-copy the series") from None
         iop, ipp = _tag(h, _TAG_IOP), _tag(h, _TAG_IPP)
+        counts.add(_tag(h, _TAG_N_IMAGES))
         if not iop or not ipp:
             return  # enhanced/multi-frame or non-image objects: ITK's reader decides
         iops.append([float(v) for v in iop.split("\\")])
         ipps.append([float(v) for v in ipp.split("\\")])
+    declared = {c for c in counts if c}
+    if len(declared) == 1 and len(counts) == 1:
+        n_decl = int(float(declared.pop()))
+        if n_decl > 0 and n_decl != len(files):
+            raise ImageReadError(
+                f"{what}: the series has {len(files)} slice files but its headers declare {n_decl} images "
+                f"(ImagesInAcquisition); slices are missing or extra: re-export the whole series")
     iops_a = np.asarray(iops)
     if np.abs(iops_a - iops_a[0]).max() > 1e-3:
         raise ImageReadError(
@@ -141,7 +192,8 @@ def check_slice_geometry(files: tuple[str, ...], what: str = "image", rtol: floa
         )
 
 
-def read_series(info: SeriesInfo, what: str = "image") -> sitk.Image:
+def read_series(info: SeriesInfo, what: str = "image", root: str | None = None) -> sitk.Image:
+    check_files_readable(info, what, root)
     check_slice_geometry(info.files, what)
     if len(info.files) == 1:  # enhanced multi-frame: one file holds the volume
         return sitk.ReadImage(info.files[0])

@@ -11,6 +11,8 @@ raise :class:`ManifestError` at once.  Row problems (missing file, unknown label
 duplicate case_id, malformed ROI...) are *all* collected with row numbers; with
 ``strict=False`` the affected rows become per-case failures and the good rows go on.
 Rows are numbered from 1 for the first data row (a CSV's line number is row + 1).
+A label of ``NaN``/``nan``/``<NA>``/``None`` or an empty cell makes the case unlabelled
+(kept out of the folds, usable for scoring); every case of a patient must share one label.
 """
 from __future__ import annotations
 
@@ -188,7 +190,13 @@ def load_manifest(path: str | os.PathLike[str], *, check_files: bool = True) -> 
         if check_files:
             for col, src in srcs.items():
                 if not uris.is_uri(src) and not os.path.exists(src):
-                    msgs.append(f"{col} file not found: {os.path.basename(src.rstrip('/'))}")
+                    rel = not uris.is_uri(rec[col]) and not os.path.isabs(uris.strip_file_uri(rec[col]))
+                    msgs.append(f"{col} file not found: {os.path.basename(src.rstrip('/'))}"
+                                + (f" ({rec[col]!r} is relative: paths are resolved from the manifest's folder)"
+                                   if rel else ""))
+        if "t1" in srcs and srcs.get("t1") == srcs.get("fs") and not (rec.get("t1_series") or rec.get("fs_series")):
+            msgs.append(f"t1 and fs name the same source ({os.path.basename(srcs['t1'].rstrip('/'))}); "
+                        f"fs must be the fat-suppressed (STIR) series")
         if msgs:
             problems.extend(RowProblem(i, cid if _CASE_ID.match(cid or "-") else "", m) for m in msgs)
             continue
@@ -200,7 +208,30 @@ def load_manifest(path: str | os.PathLike[str], *, check_files: bool = True) -> 
                 t1_series=rec.get("t1_series") or None, fs_series=rec.get("fs_series") or None, row=i,
             )
         )
+    cases, problems = _one_label_per_patient(cases, problems)
     return Manifest(path, tuple(cases), tuple(problems))
+
+
+def _one_label_per_patient(cases: list[CaseSpec], problems: list[RowProblem]) -> tuple[list[CaseSpec], list[RowProblem]]:
+    """Refuse every case of a patient whose labelled cases disagree: folds are grouped by
+    patient and the diagnosis is per patient, so one patient has one label."""
+    labels: dict[str, set] = {}
+    for c in cases:
+        if c.label is not None:
+            labels.setdefault(c.patient_id, set()).add(c.label)
+    bad = {p for p, ls in labels.items() if len(ls) > 1}
+    if not bad:
+        return cases, problems
+    keep = []
+    for c in cases:
+        if c.patient_id not in bad:
+            keep.append(c)
+            continue
+        others = ", ".join(f"{o.case_id}={o.label}" for o in cases if o.patient_id == c.patient_id)
+        problems.append(RowProblem(c.row, c.case_id, f"patient {c.patient_id} has cases with different labels "
+                                                     f"({others}); one label per patient is needed (folds and the "
+                                                     f"diagnosis are per patient): fix the labels"))
+    return keep, sorted(problems, key=lambda p: p.row)
 
 
 def validate_manifest(path: str | os.PathLike[str]) -> Manifest:

@@ -168,7 +168,7 @@ def _read_any(path: str, series: str | None, what: str) -> tuple[sitk.Image, str
     with uris.local_copy(path) as local:
         if os.path.isdir(local):
             info = dicom.select_series(local, series, what)
-            img = dicom.read_series(info, what)
+            img = dicom.read_series(info, what, local)
             digest = uris.sha256_files(list(info.files))
         else:
             img = _read_file(local, what)

@@ -25,7 +25,7 @@ def cohort(tmp_path_factory):
         write_case(d, cid, shift_mm=(i, -i, 0.5 * i), seed=i,
                    t1_direction=CORONAL if i % 3 == 0 else (1, 0, 0, 0, 1, 0, 0, 0, 1),
                    t1_spacing=(4.0, 4.0, 8.0 + (i % 2)))
-        rows.append(dict(case_id=cid, patient_id=f"p{min(i, 7)}", label=str(i % 2) if i != 5 else "",
+        rows.append(dict(case_id=cid, patient_id=f"p{min(i, 7)}", label=str(min(i, 7) % 2) if i != 5 else "",
                          site="NHH" if i in (1, 4) else "H1",
                          t1=f"{cid}_t1.nii.gz", fs=f"{cid}_fs.nii.gz", roi=f"{cid}_roi.nii.gz"))
     pd.DataFrame(rows).to_csv(d / "manifest.csv", index=False)
@@ -79,12 +79,21 @@ def test_rerun_skips_keeps_folds_and_redoes_changed(cohort, tmp_path):
     for c in ("t1", "fs", "roi"):
         man[c] = [str(cohort / v) for v in man[c]]
     man.to_csv(tmp_path / "m2.csv", index=False)
-    rep = build_dataset(tmp_path / "m2.csv", out, CFG, address="serial", progress=False)
+    # another manifest file: refused unless asked to update (nothing changed when refused)
+    with pytest.raises(ValueError, match="built from another manifest .*Pass --update"):
+        build_dataset(tmp_path / "m2.csv", out, CFG, address="serial", progress=False)
+    assert (out / row["pair_path"]).read_bytes() == b"garbage"
+    rep = build_dataset(tmp_path / "m2.csv", out, CFG, address="serial", progress=False, update=True)
     assert (rep.n_done, rep.n_skipped) == (2, 8)
     redone = read_index(out).set_index("case_id").loc[row["case_id"]]
     assert load_pair(out, redone, verify=True).shape == (2, 8, 16, 40)  # the corrupt file was rewritten
-    # other crop -> other fingerprint -> everything recomputed
-    rep = build_dataset(tmp_path / "m2.csv", out, CFG.replace(crop_size=(8, 16, 36)), address="serial", progress=False)
+    # other crop -> other fingerprint: refused without --update, then everything recomputed
+    idx1 = read_index(out)
+    with pytest.raises(ValueError, match="preprocessed with other settings"):
+        build_dataset(tmp_path / "m2.csv", out, CFG.replace(crop_size=(8, 16, 36)), address="serial", progress=False)
+    pd.testing.assert_frame_equal(read_index(out), idx1)
+    rep = build_dataset(tmp_path / "m2.csv", out, CFG.replace(crop_size=(8, 16, 36)), address="serial",
+                        progress=False, update=True)
     assert rep.n_done == 10
     pd.testing.assert_frame_equal(pd.read_parquet(out / "folds.parquet"), folds0)
 
@@ -98,7 +107,8 @@ def test_new_cases_join_folds_without_moving_old_ones(cohort, tmp_path):
     build_dataset(tmp_path / "first.csv", out, CFG, address="serial", progress=False, external_sites=["NHH"])
     f0 = pd.read_parquet(out / "folds.parquet").set_index("case_id")
     man.to_csv(tmp_path / "all.csv", index=False)
-    rep = build_dataset(tmp_path / "all.csv", out, CFG, address="serial", progress=False, external_sites=["NHH"])
+    rep = build_dataset(tmp_path / "all.csv", out, CFG, address="serial", progress=False, external_sites=["NHH"],
+                        update=True)
     assert (rep.n_done, rep.n_skipped) == (4, 6)
     f1 = pd.read_parquet(out / "folds.parquet").set_index("case_id")
     pd.testing.assert_series_equal(f1.loc[f0.index, "fold"], f0["fold"])
