@@ -39,11 +39,12 @@ def cv(
     if resume and out is None:
         fail("--resume needs --out RUNDIR (the run folder to continue)")
     from distmsfa.config import ConfigError
+    from distmsfa.data.index import PairChecksumError
     from distmsfa.training.cv import CVError, run_cv
 
     try:
         run_cv(data, model, config, profile=profile, folds=fold_list, out=out, address=address, resume=resume,
                gpus_per_fold=gpus_per_fold, plain=plain)
-    except (ConfigError, CVError, FileNotFoundError, KeyError) as exc:
+    except (ConfigError, CVError, FileNotFoundError, KeyError, PairChecksumError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         fail(str(msg).splitlines()[0] if msg else type(exc).__name__)

@@ -33,6 +33,10 @@ def preprocess(
     workers: Optional[int] = typer.Option(None, "--workers", help="cases processed at once (default: cluster CPUs)"),
     refold: bool = typer.Option(False, "--refold", help="rewrite folds.parquet (otherwise existing folds are kept)"),
     refingerprint: bool = typer.Option(False, "--refingerprint", help="recompute the cohort median spacing"),
+    update: bool = typer.Option(False, "--update", help="accept a dataset built from another manifest or other "
+                                "settings: add/rebuild this manifest's cases, keep the others"),
+    force: bool = typer.Option(False, "--force", help="make the index exactly this run's good cases: drop indexed "
+                               "cases that fail now or are not in the manifest (and their files)"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
 ) -> None:
     """Preprocess every case of MANIFEST into a dataset at --out.
@@ -46,10 +50,15 @@ def preprocess(
 
     try:
         if config is not None:
-            import yaml
+            from distmsfa.config import load_yaml
 
-            data = yaml.safe_load(config.read_text()) or {}
-            cfg = PreprocessConfig.from_dict(data.get("preprocess", data) if isinstance(data, dict) else {})
+            data = load_yaml(config) or {}
+            if isinstance(data, dict) and "preprocess" in data:
+                data = data["preprocess"] or {}
+            if not isinstance(data, dict):
+                raise ConfigError(f"config file {config.name}: expected PreprocessConfig keys (or a 'preprocess:' "
+                                  f"section of them), got a {type(data).__name__}")
+            cfg = PreprocessConfig.from_dict(data)
         else:
             cfg = PreprocessConfig()
         changes = {}
@@ -64,6 +73,7 @@ def preprocess(
         report = build_dataset(
             manifest, out, cfg, address="serial" if serial else address, external_sites=tuple(external_site),
             num_workers=workers, progress=not no_progress, refold=refold, refingerprint=refingerprint,
+            update=update, force=force,
         )
     except ManifestError as exc:
         for p in exc.problems:
@@ -72,8 +82,12 @@ def preprocess(
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     typer.echo(report.summary())
+    kept = set(report.kept)
     for case_id, reason in report.failures:
-        typer.echo(f"error: case {case_id}: {reason}", err=True)
+        note = "; its previous version stays in the index (--force drops it)" if case_id in kept else ""
+        typer.echo(f"error: case {case_id}: {reason}{note}", err=True)
+    for case_id, why in report.dropped:
+        typer.echo(f"warning: case {case_id}: dropped from the index ({why})", err=True)
     if report.failures:
         typer.echo(f"failed cases listed in {report.failed_path}", err=True)
     if report.n_ok == 0:

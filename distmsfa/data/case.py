@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import traceback
 
 import SimpleITK as sitk
@@ -112,6 +113,15 @@ def run_case(task: dict) -> dict:
     return {"case_id": case.case_id, "status": "done", "reason": "", "row_json": json.dumps(row)}
 
 
+_ABS_PATH = re.compile(r"""(?<![\w.-])(?:[A-Za-z]:)?(?:[/\\][^/\\\s"'()]+)+[/\\]([^/\\\s"'()]+)""")
+
+
+def scrub_paths(text: str) -> str:
+    """Machine paths in a message (a library's, e.g. ITK's "... for "/data/x/t1.nii.gz"")
+    cut to the file name: messages carry case ids and file names, not where data lives."""
+    return _ABS_PATH.sub(r"\1", text)
+
+
 def process_case(task: dict) -> dict:
     """``run_case`` that never raises: failures come back as result rows with a reason."""
     cid = task.get("case", {}).get("case_id", "?")
@@ -126,4 +136,4 @@ def process_case(task: dict) -> dict:
         last = traceback.extract_tb(exc.__traceback__)[-1]
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         reason = f"unexpected {type(exc).__name__}: {first} (at {os.path.basename(last.filename)}:{last.lineno})"
-    return {"case_id": cid, "status": "failed", "reason": reason, "row_json": ""}
+    return {"case_id": cid, "status": "failed", "reason": scrub_paths(reason), "row_json": ""}

@@ -127,8 +127,21 @@ def _default_run_dir(model: str) -> Path:
     return Path("runs") / f"cv-{model}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def _nothing_to_resume(run_dir: Path) -> bool:
+    """No fold of the run in ``run_dir`` finished or left a checkpoint."""
+    if any((run_dir / "ray").glob("**/checkpoint_epoch*")):  # Ray Train checkpoints
+        return False
+    folds = run_dir / "folds"
+    for d in (folds.iterdir() if folds.is_dir() else ()):
+        if out_files.fold_done(str(d)) or any(d.rglob(LAST_FILE)):
+            return False
+    return True
+
+
 def _prepare_run_dir(run_dir: Path, resume: bool, record: dict[str, Any]) -> dict[str, Any]:
     run_file = run_dir / RUN_FILE
+    if run_file.exists() and not resume and _nothing_to_resume(run_dir):
+        run_file.unlink()  # a run that failed before any fold finished or checkpointed: start again
     if run_file.exists():
         stored = json.loads(run_file.read_text(encoding="utf-8"))
         if not resume:

@@ -59,13 +59,12 @@ def get_profile(name: str) -> dict[str, Any]:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    import yaml
+    from distmsfa.config import load_yaml
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} not found")
-    with open(p, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
+    data = load_yaml(p) or {}
     return check_sections(data, str(p))
 
 
@@ -75,6 +74,10 @@ def check_sections(data: Mapping[str, Any], where: str = "config") -> dict[str, 
     unknown = [k for k in data if k not in SECTIONS]
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {unknown}; use 'train:' and 'cv:'")
+    for k in SECTIONS:
+        if data.get(k) is not None and not isinstance(data[k], Mapping):
+            raise ConfigError(f"{where}: section {k!r} must be a mapping of keys (like '{k}:' then indented "
+                              f"'key: value' lines), got a {type(data[k]).__name__}")
     return {k: dict(data.get(k) or {}) for k in SECTIONS}
 
 

@@ -130,8 +130,12 @@ def test_preprocess_real_fixtures_end_to_end(real_data, tmp_path):
             rows.append(dict(case_id=f"{pat}-{st}", patient_id=pat, label="0", site="MS", t1=str(p / f"{st}_T1W.nii.gz"),
                              fs=str(p / f"{st}_T2W.nii.gz"), t1_series="", fs_series="", roi_center_mm=""))
     mf = str(real_data / "dicom_edge" / "xa30_enhanced_multiframe_t1")
-    rows.append(dict(case_id="xa30", patient_id="xa30", label="", site="XA", t1=mf, fs=mf, t1_series="", fs_series="",
-                     roi_center_mm=""))
+    # the same source as T1 and FS is refused; a second sequence on the same grid stands in
+    fs_img = read_image(mf).image
+    fs_img = sitk.Cast(sitk.Sqrt(sitk.Abs(fs_img) + 1.0), sitk.sitkFloat32)
+    sitk.WriteImage(fs_img, str(tmp_path / "xa30_fs.nii.gz"))
+    rows.append(dict(case_id="xa30", patient_id="xa30", label="", site="XA", t1=mf, fs=str(tmp_path / "xa30_fs.nii.gz"),
+                     t1_series="", fs_series="", roi_center_mm=""))
     rows.append(dict(case_id="px-ambiguous", patient_id="pa", label="1", site="PX",
                      t1=str(real_data / PX["px0001"][0]), t1_series="t2_tse_tra",
                      fs=str(real_data / PX["px0001"][0]), fs_series="ADC", roi_center_mm=""))

@@ -16,6 +16,7 @@ from ``(seed, case index)``, so any number of worker processes gives identical f
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -114,12 +115,42 @@ def _make_case_star(args: tuple) -> dict[str, Any]:
     return make_case(*args)
 
 
+_CASE_DIR = re.compile(r"^SIJ\d{4}$")
+_CASE_FILES = {"t1.nii.gz", "fs.nii.gz", "roi.nii.gz", "lesion.nii.gz"}
+_SERIES_FILE = re.compile(r"^IM\d{4}\.dcm$")
+
+
+def _foreign(cases: Path) -> str | None:
+    """The first entry under ``cases/`` that the generator does not write (relative name)."""
+    for entry in sorted(cases.iterdir()):
+        if not (entry.is_dir() and not entry.is_symlink() and _CASE_DIR.match(entry.name)):
+            return f"cases/{entry.name}"
+        for f in sorted(entry.iterdir()):
+            if f.is_dir() and not f.is_symlink() and f.name in ("t1", "fs"):
+                bad = next((g for g in sorted(f.iterdir()) if not (g.is_file() and _SERIES_FILE.match(g.name))), None)
+                if bad is not None:
+                    return f"cases/{entry.name}/{f.name}/{bad.name}"
+            elif not (f.is_file() and not f.is_symlink() and f.name in _CASE_FILES):
+                return f"cases/{entry.name}/{f.name}"
+    return None
+
+
 def _prepare_out(out: Path) -> None:
+    """Refuse a folder that is not a previous synthetic cohort, and a previous cohort whose
+    ``cases/`` holds anything the generator did not write (it is replaced, and what a user
+    put there must not be deleted with it)."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out.name} is an existing file; choose a folder")
     if out.exists() and any(out.iterdir()) and not (out / "cohort.json").exists():
         raise FileExistsError(f"{out} is not empty and holds no synthetic cohort (cohort.json); "
                               "choose an empty or new folder")
-    if (out / "cases").exists():  # a previous synthetic cohort: replace it whole
-        shutil.rmtree(out / "cases")
+    cases = out / "cases"
+    if cases.exists():  # a previous synthetic cohort: replace it whole, if all of it is ours
+        bad = _foreign(cases) if cases.is_dir() else "cases"
+        if bad is not None:
+            raise FileExistsError(f"{bad} in --out was not written by demo-data and would be deleted with the "
+                                  f"previous cohort; move it away or choose another --out (nothing was deleted)")
+        shutil.rmtree(cases)
     out.mkdir(parents=True, exist_ok=True)
 
 
