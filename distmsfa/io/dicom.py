@@ -20,6 +20,8 @@ _TAG_DESC = "0008|103e"
 _TAG_IPP = "0020|0032"
 _TAG_IOP = "0020|0037"
 _TAG_N_IMAGES = "0020|1002"
+_TAG_SBS = "0018|0088"  # SpacingBetweenSlices (centre to centre)
+_TAG_THICK = "0018|0050"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +152,7 @@ def check_slice_geometry(files: tuple[str, ...], what: str = "image", rtol: floa
     of the ImageOrientationPatient rows), as the DICOM standard defines slice location."""
     if len(files) < 2:
         return
-    iops, ipps, counts = [], [], set()
+    iops, ipps, counts, sbs, thick = [], [], set(), set(), set()
     for f in files:
         try:
             h = _header(f)
@@ -159,6 +161,8 @@ def check_slice_geometry(files: tuple[str, ...], what: str = "image", rtol: floa
                                  f"(truncated or corrupt); re-export or re-copy the series") from None
         iop, ipp = _tag(h, _TAG_IOP), _tag(h, _TAG_IPP)
         counts.add(_tag(h, _TAG_N_IMAGES))
+        sbs.add(_tag(h, _TAG_SBS))
+        thick.add(_tag(h, _TAG_THICK))
         if not iop or not ipp:
             return  # enhanced/multi-frame or non-image objects: ITK's reader decides
         iops.append([float(v) for v in iop.split("\\")])
@@ -189,6 +193,32 @@ def check_slice_geometry(files: tuple[str, ...], what: str = "image", rtol: floa
         raise ImageReadError(
             f"{what}: non-uniform slice spacing (gaps {gaps.min():.3g}-{gaps.max():.3g} mm, median {med:.3g}); "
             f"missing slices or a variable-spacing series are not resampled silently; export a uniform series"
+        )
+    _check_declared_spacing(med, sbs, thick, len(files), what)
+
+
+def _single_float(values: set) -> float | None:
+    vals = {v for v in values if v}
+    if len(vals) != 1 or len(values) != 1:
+        return None
+    try:
+        return float(vals.pop())
+    except ValueError:
+        return None
+
+
+def _check_declared_spacing(med: float, sbs: set, thick: set, n: int, what: str) -> None:
+    """Uniform gaps that are 2-4 times the declared SpacingBetweenSlices: every other slice
+    (or more) is missing.  Only trusted when the declared spacing is at least the slice
+    thickness (some vendors write the gap between slices there instead)."""
+    declared, thickness = _single_float(sbs), _single_float(thick)
+    if not declared or declared <= 0 or (thickness is not None and declared < thickness - 1e-3):
+        return
+    k = med / declared
+    if round(k) in (2, 3, 4) and abs(k - round(k)) < 0.02:
+        raise ImageReadError(
+            f"{what}: the {n} slices are {med:.3g} mm apart but the header declares {declared:.3g} mm between slices "
+            f"(SpacingBetweenSlices): the series misses slices; re-export the whole series"
         )
 
 

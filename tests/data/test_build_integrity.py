@@ -104,8 +104,9 @@ def _build_good(src: Path, tmp: Path, executor_args) -> tuple[Path, Path]:
     return man, out
 
 
-def _write_dicom(img: sitk.Image, folder: Path, uid: str) -> None:
-    """``img`` as a DICOM series with per-slice geometry tags, as scanners write them."""
+def _write_dicom(img: sitk.Image, folder: Path, uid: str, extra: dict | None = None, skip=()) -> None:
+    """``img`` as a DICOM series with per-slice geometry tags, as scanners write them
+    (``extra`` tags on every slice; slices in ``skip`` left out)."""
     folder.mkdir(parents=True, exist_ok=True)
     img = sitk.Cast(img, sitk.sitkInt16)
     d = np.asarray(img.GetDirection()).reshape(3, 3)
@@ -113,9 +114,12 @@ def _write_dicom(img: sitk.Image, folder: Path, uid: str) -> None:
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     for k in range(img.GetDepth()):
-        sl = img[:, :, k]
+        if k in skip:
+            continue
+        # a one-slice 3-D image: ITK's writer derives SpacingBetweenSlices from its z spacing
+        sl = img[:, :, k:k + 1] if "0018|0088" in (extra or {}) else img[:, :, k]
         pos = img.TransformIndexToPhysicalPoint((0, 0, k))
-        for key, val in {"0008|0060": "MR", "0008|103e": "t1 tse", "0020|000e": uid,
+        for key, val in {**(extra or {}), "0008|0060": "MR", "0008|103e": "t1 tse", "0020|000e": uid,
                          "0020|000d": "1.2.826.0.1.3680043.2.1125.9", "0020|0037": iop,
                          "0020|0032": "\\".join(f"{v:.6f}" for v in pos), "0020|0013": str(k + 1),
                          "0008|0018": f"{uid}.{k + 1}"}.items():
@@ -137,12 +141,20 @@ def test_dicom_series_with_an_unreadable_slice(executor, request, src, tmp_path)
             f = folder / f"IM{which:04d}.dcm"
             f.write_bytes(f.read_bytes()[:-300])  # pixel data cut short
         rows.append(_row(src, cid, "g1", t1=str(tmp_path / cid)))
+    depth, dz = t1.GetDepth(), t1.GetSpacing()[2]
+    # slice count or spacing declared in the headers that the files on disk do not match
+    _write_dicom(t1, tmp_path / "lastgone" / "t1", "1.2.3.90", {"0020|1002": str(depth)}, skip=(depth - 1,))
+    _write_dicom(t1, tmp_path / "halfgone" / "t1", "1.2.3.91", {"0018|0088": f"{dz:.3f}", "0018|0050": f"{dz:.3f}"},
+                 skip=tuple(range(1, depth, 2)))
+    rows += [_row(src, "lastgone", "g1", t1=str(tmp_path / "lastgone")), _row(src, "halfgone", "g1", t1=str(tmp_path / "halfgone"))]
     man = _manifest(tmp_path / "m.csv", rows)
     res = cli("preprocess", man, "--out", tmp_path / "ds", *COMMON, *_exec(executor, request))
     assert res.exit_code == 0, res.output
     for cid, which in (("cutfirst", 0), ("cutmid", 5), ("cutlast", t1.GetDepth() - 1)):
         err = _case_errors(res, cid)
         assert len(err) == 1 and f"file t1/IM{which:04d}.dcm is not readable DICOM" in err[0], res.output
+    assert f"the series has {depth - 1} slice files but its headers declare {depth} images" in _case_errors(res, "lastgone")[0]
+    assert f"are {2 * dz:.3g} mm apart but the header declares {dz:.3g} mm between slices" in _case_errors(res, "halfgone")[0]
     _no_machine_paths(res, tmp_path)
     assert set(read_index(tmp_path / "ds")["case_id"]) == {*GOOD, "okdcm"}
     _check_ok(tmp_path / "ds")
@@ -411,3 +423,32 @@ def test_demo_data_never_deletes_what_it_did_not_write(tmp_path):
     res = cli("demo-data", "--out", out, "--n", "1", "--sites", "TAH", "--quiet")
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (out / "cases").iterdir()) == ["SIJ0000"]
+
+
+@pytest.mark.slow
+def test_cv_names_a_damaged_pair_then_starts_again_in_the_same_out(src, tmp_path):
+    """Through `distmsfa cv --plain`: a damaged pair stops training naming its case; the run
+    folder that failed before any fold finished does not block the next plain run."""
+    rows = [_row(src, f"k{i}", GOOD[i % 3], patient_id=f"pk{i}", label=str(i % 2)) for i in range(6)]
+    man = _manifest(tmp_path / "m.csv", rows)
+    pre = tmp_path / "pre.yaml"
+    pre.write_text("n_folds: 2\n")
+    res = cli("preprocess", man, "--out", tmp_path / "ds", *COMMON, "--serial", "--config", pre)
+    assert res.exit_code == 0, res.output
+    pair = tmp_path / "ds" / "pairs" / "k1.npy"
+    data = bytearray(pair.read_bytes())
+    data[-3] ^= 0xFF
+    pair.write_bytes(bytes(data))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  epochs: 1\n")
+    args = ["cv", "--data", tmp_path / "ds", "--model", "msfanet", "--profile", "cpu", "--config", cfg,
+            "--plain", "--folds", "0", "--out", tmp_path / "run"]
+    res = cli(*args)
+    assert res.exit_code == 2, res.output
+    assert "case k1: pairs/k1.npy does not match its recorded checksum" in res.output and "Traceback" not in res.output
+    assert (tmp_path / "run" / "run.json").exists()
+    res = cli("preprocess", man, "--out", tmp_path / "ds", *COMMON, "--serial", "--config", pre)  # rewrites k1
+    assert res.exit_code == 0 and "1 preprocessed, 5 unchanged" in res.output, res.output
+    res = cli(*args)  # same --out, no --resume: starts again
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run" / "folds" / "fold0" / "result.json").exists()
