@@ -52,7 +52,8 @@ def run_demo(
     manifest = generate_cohort(out / "cohort", n=n, seed=seed, workers=min(2, os.cpu_count() or 1))
     data = out / "data"
     pre = PreprocessConfig(target_spacing_mm=DEMO_SPACING_MM, crop_size=DEMO_CROP, seed=seed)
-    build_dataset(manifest, data, pre, address=address, external_sites=("NHH",))
+    # force: the demo's dataset is exactly its generated cohort (a smaller --n drops the extra cases)
+    build_dataset(manifest, data, pre, address=address, external_sites=("NHH",), force=True)
     overrides = {"epochs": epochs} if epochs else {}
     # A fresh run folder per invocation: re-running the demo never collides with an old run
     # (cohort and dataset are reused: preprocessing skips unchanged cases).
