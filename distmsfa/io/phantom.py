@@ -88,3 +88,35 @@ def write_case(out_dir: str | os.PathLike[str], case_id: str, *,
         sitk.WriteImage(render(g, which, shift_mm, seed=seed + (which == "fs")), path, useCompression=suffix.endswith(".gz"))
         paths[which] = path
     return paths
+
+
+def write_dicom_series(img: sitk.Image, folder: str | os.PathLike[str], description: str, uid: str,
+                       skip: Sequence[int] = (), extra: dict[str, str] | None = None) -> None:
+    """Write ``img`` as a DICOM series ``IM0000.dcm``... with explicit per-slice geometry tags
+    (ImagePositionPatient, ImageOrientationPatient), as scanners do; slices in ``skip`` are
+    left out (a gapped series), ``extra`` tags go on every slice."""
+    os.makedirs(folder, exist_ok=True)
+    img = sitk.Cast(img, sitk.sitkInt16)
+    d = np.asarray(img.GetDirection()).reshape(3, 3)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    iop = "\\".join(f"{v:.10f}" for v in (*d[:, 0], *d[:, 1]))
+    extra = dict(extra or {})
+    for k in range(img.GetDepth()):
+        if k in skip:
+            continue
+        # a one-slice 3-D image when SpacingBetweenSlices is given: ITK's writer derives that
+        # tag from the image's z spacing (a 2-D slice would get 1)
+        sl = img[:, :, k:k + 1] if "0018|0088" in extra else img[:, :, k]
+        pos = img.TransformIndexToPhysicalPoint((0, 0, k))
+        tags = {
+            "0008|0060": "MR", "0008|103e": description, "0020|000e": uid,
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.1.1", "0020|0037": iop,
+            "0020|0032": "\\".join(f"{v:.6f}" for v in pos), "0020|0013": str(k + 1),
+            "0018|0050": f"{img.GetSpacing()[2]:.6f}", "0028|0030": f"{img.GetSpacing()[1]:.6f}\\{img.GetSpacing()[0]:.6f}",
+            "0008|0018": f"{uid}.{k + 1}", **extra,
+        }
+        for key, val in tags.items():
+            sl.SetMetaData(key, val)
+        writer.SetFileName(os.path.join(str(folder), f"IM{k:04d}.dcm"))
+        writer.Execute(sl)

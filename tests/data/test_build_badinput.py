@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +17,7 @@ from typer.testing import CliRunner
 
 from distmsfa.cli.preprocess import preprocess
 from distmsfa.data.index import read_index
-from distmsfa.io.phantom import grid, render, write_case
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "io"))
-from test_readers import write_dicom_series  # noqa: E402
+from distmsfa.io.phantom import grid, render, write_case, write_dicom_series
 
 GOOD = ("g1", "g2")
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from distmsfa.cli.main import app
 from distmsfa.data.index import PairChecksumError, read_index
-from distmsfa.io.phantom import write_case
+from distmsfa.io.phantom import write_case, write_dicom_series
 
 GOOD = ("g1", "g2", "g3")
 COMMON = ["--no-progress", "--crop", "8,16,24", "--spacing", "6,6,6"]
@@ -104,30 +104,6 @@ def _build_good(src: Path, tmp: Path, executor_args) -> tuple[Path, Path]:
     return man, out
 
 
-def _write_dicom(img: sitk.Image, folder: Path, uid: str, extra: dict | None = None, skip=()) -> None:
-    """``img`` as a DICOM series with per-slice geometry tags, as scanners write them
-    (``extra`` tags on every slice; slices in ``skip`` left out)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    img = sitk.Cast(img, sitk.sitkInt16)
-    d = np.asarray(img.GetDirection()).reshape(3, 3)
-    iop = "\\".join(f"{v:.10f}" for v in (*d[:, 0], *d[:, 1]))
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(img.GetDepth()):
-        if k in skip:
-            continue
-        # a one-slice 3-D image: ITK's writer derives SpacingBetweenSlices from its z spacing
-        sl = img[:, :, k:k + 1] if "0018|0088" in (extra or {}) else img[:, :, k]
-        pos = img.TransformIndexToPhysicalPoint((0, 0, k))
-        for key, val in {**(extra or {}), "0008|0060": "MR", "0008|103e": "t1 tse", "0020|000e": uid,
-                         "0020|000d": "1.2.826.0.1.3680043.2.1125.9", "0020|0037": iop,
-                         "0020|0032": "\\".join(f"{v:.6f}" for v in pos), "0020|0013": str(k + 1),
-                         "0008|0018": f"{uid}.{k + 1}"}.items():
-            sl.SetMetaData(key, val)
-        writer.SetFileName(str(folder / f"IM{k:04d}.dcm"))
-        writer.Execute(sl)
-
-
 # ---------------------------------------------------------------- silent garbage -> per-case errors
 
 @pytest.mark.parametrize("executor", EXECUTORS)
@@ -136,16 +112,17 @@ def test_dicom_series_with_an_unreadable_slice(executor, request, src, tmp_path)
     rows = [_row(src, c) for c in GOOD]
     for cid, which in (("okdcm", None), ("cutfirst", 0), ("cutmid", 5), ("cutlast", t1.GetDepth() - 1)):
         folder = tmp_path / cid / "t1"
-        _write_dicom(t1, folder, f"1.2.3.{len(rows)}")
+        write_dicom_series(t1, folder, "t1 tse", f"1.2.3.{len(rows)}")
         if which is not None:
             f = folder / f"IM{which:04d}.dcm"
             f.write_bytes(f.read_bytes()[:-300])  # pixel data cut short
         rows.append(_row(src, cid, "g1", t1=str(tmp_path / cid)))
     depth, dz = t1.GetDepth(), t1.GetSpacing()[2]
     # slice count or spacing declared in the headers that the files on disk do not match
-    _write_dicom(t1, tmp_path / "lastgone" / "t1", "1.2.3.90", {"0020|1002": str(depth)}, skip=(depth - 1,))
-    _write_dicom(t1, tmp_path / "halfgone" / "t1", "1.2.3.91", {"0018|0088": f"{dz:.3f}", "0018|0050": f"{dz:.3f}"},
-                 skip=tuple(range(1, depth, 2)))
+    write_dicom_series(t1, tmp_path / "lastgone" / "t1", "t1 tse", "1.2.3.90", skip=(depth - 1,),
+                       extra={"0020|1002": str(depth)})
+    write_dicom_series(t1, tmp_path / "halfgone" / "t1", "t1 tse", "1.2.3.91", skip=tuple(range(1, depth, 2)),
+                       extra={"0018|0088": f"{dz:.3f}"})
     rows += [_row(src, "lastgone", "g1", t1=str(tmp_path / "lastgone")), _row(src, "halfgone", "g1", t1=str(tmp_path / "halfgone"))]
     man = _manifest(tmp_path / "m.csv", rows)
     res = cli("preprocess", man, "--out", tmp_path / "ds", *COMMON, *_exec(executor, request))
@@ -315,7 +292,7 @@ def test_check_finds_folds_that_do_not_match_the_index(src, tmp_path):
     pd.concat([folds.iloc[1:], extra]).to_parquet(out / "folds.parquet", index=False)
     res = cli("inspect", out, "--check")
     assert res.exit_code == 1
-    assert f"error: case ghost: in folds.parquet but not in the index" in res.output
+    assert "error: case ghost: in folds.parquet but not in the index" in res.output
     assert f"error: case {folds.iloc[0]['case_id']}: indexed but has no row in folds.parquet" in res.output
 
 

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from distmsfa.io import ImageReadError, read_header, read_image, read_label_map
 from distmsfa.io.dicom import find_series, select_series
-from distmsfa.io.phantom import grid, render
+from distmsfa.io.phantom import grid, render, write_dicom_series
 
 OBLIQUE = tuple(sitk.VersorTransform((0.3, 0.2, 1.0), 0.35).GetMatrix())
 
@@ -117,33 +117,7 @@ def test_label_map_keeps_labels(tmp_path):
         read_label_map(bad)
 
 
-# ---------------------------------------------------------------- DICOM
-
-def write_dicom_series(img: sitk.Image, folder, description: str, uid: str, skip: tuple[int, ...] = ()) -> None:
-    """Write ``img`` as a DICOM series with explicit per-slice geometry tags (as scanners do)."""
-    os.makedirs(folder, exist_ok=True)
-    img = sitk.Cast(img, sitk.sitkInt16)
-    d = np.asarray(img.GetDirection()).reshape(3, 3)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    iop = "\\".join(f"{v:.10f}" for v in (*d[:, 0], *d[:, 1]))
-    for k in range(img.GetDepth()):
-        if k in skip:
-            continue
-        sl = img[:, :, k]
-        pos = img.TransformIndexToPhysicalPoint((0, 0, k))
-        tags = {
-            "0008|0060": "MR", "0008|103e": description, "0020|000e": uid,
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.1.1", "0020|0037": iop,
-            "0020|0032": "\\".join(f"{v:.6f}" for v in pos), "0020|0013": str(k + 1),
-            "0018|0050": f"{img.GetSpacing()[2]:.6f}", "0028|0030": f"{img.GetSpacing()[1]:.6f}\\{img.GetSpacing()[0]:.6f}",
-            "0008|0018": f"{uid}.{k + 1}",
-        }
-        for key, val in tags.items():
-            sl.SetMetaData(key, val)
-        writer.SetFileName(os.path.join(str(folder), f"IM{k:04d}.dcm"))
-        writer.Execute(sl)
-
+# ---------------------------------------------------------------- DICOM (written by distmsfa.io.phantom)
 
 def test_dicom_round_trip_keeps_positions_in_mm(tmp_path):
     img = _img(size=(24, 20, 9), spacing=(0.8, 0.6, 3.2), direction=OBLIQUE, center=(-40.0, 25.0, 110.0))
