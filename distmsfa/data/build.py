@@ -256,6 +256,12 @@ def build_dataset(
             f"settings ({', '.join(stale_untouched[:5])}{', ...' if len(stale_untouched) > 5 else ''}); they would "
             f"not match the rebuilt ones; nothing was changed. Add them to the manifest, or pass --force to drop them"
         )
+    # one label per patient over what the index will hold (a merge with --update can mix them)
+    _check_patient_labels(pd.DataFrame(
+        [{"case_id": c.case_id, "patient_id": c.patient_id, "label": c.label} for c in manifest_obj.cases]
+        + ([] if force else [{"case_id": c, "patient_id": r["patient_id"], "label": r["label"]}
+                             for c, r in previous.items() if c not in manifest_ids]),
+        columns=["case_id", "patient_id", "label"]))
     threads = 1 if address != "serial" else 0
     tasks = [make_task(c, root, cfg, spacing, fingerprint, previous.get(c.case_id), threads)
              for c in manifest_obj.cases]
@@ -311,7 +317,6 @@ def build_dataset(
         _remove_case_files(root, previous[cid])
 
     index_df = _index_frame(final.values())
-    _check_patient_labels(index_df)
     base = existing_folds if existing_folds is not None else None
     # folds cover exactly the indexed cases: existing assignments kept verbatim, rows of
     # cases no longer indexed removed, new cases placed
@@ -356,8 +361,8 @@ def _remove_case_files(root: str, row: dict) -> None:
 
 
 def _check_patient_labels(df: pd.DataFrame) -> None:
-    """One label per patient across the whole index (a merge with --update can mix them)."""
-    lab = df.dropna(subset=["label"]) if len(df) else df
+    """One label per patient across the cases the index will hold; refused before any work."""
+    lab = df[df["label"].notna()] if len(df) else df
     if not len(lab):
         return
     n = lab.groupby("patient_id")["label"].nunique()
@@ -367,7 +372,7 @@ def _check_patient_labels(df: pd.DataFrame) -> None:
         cases = ", ".join(f"{r.case_id}={int(r.label)}" for r in lab[lab["patient_id"] == pid].itertuples())
         raise DatasetError(
             f"patient {pid} would have cases with different labels in the index ({cases}); folds and the "
-            f"patient-level diagnosis assume one label per patient: fix the labels; nothing was written to the index"
+            f"patient-level diagnosis assume one label per patient: fix the labels; nothing was changed"
         )
 
 

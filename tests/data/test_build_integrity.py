@@ -172,6 +172,12 @@ def test_out_of_another_cohort_is_refused_then_updated(executor, request, src, t
     assert res.exit_code == 2, res.output
     assert "built from another manifest (cohortA/manifest.csv)" in res.output and "--update" in res.output
     assert _snapshot(out) == before  # nothing written: index, folds, pairs, fingerprint
+    # a merge that would give patient p-g1 (label 1 in the index) a case labelled 0: refused
+    man_c = _manifest(tmp_path / "cohortC" / "manifest.csv", [_row(src, "c9", "g2", patient_id="p-g1", label="0")])
+    res = cli("preprocess", man_c, "--out", out, *COMMON, *ex, "--update")
+    assert res.exit_code == 2 and "patient p-g1 would have cases with different labels in the index (c9=0, g1=1)" \
+        in res.output, res.output
+    assert _snapshot(out) == before
     res = cli("preprocess", man_b, "--out", out, *COMMON, *ex, "--update")
     assert res.exit_code == 0, res.output
     idx = read_index(out).set_index("case_id")
