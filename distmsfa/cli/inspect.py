@@ -37,7 +37,7 @@ def inspect(
 
     try:
         summary, png = inspect_dataset(root, out, n=n)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # OSError: also a pair that fails its checksum (names the case)
         fail(str(exc))
     typer.echo(format_summary(summary))
     typer.echo(f"montage written to {png}")
