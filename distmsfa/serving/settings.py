@@ -16,7 +16,8 @@ class ServeSettings(Config):
     max_upload_mb: float = 512.0  # whole multipart body (413 above)
     max_unzipped_mb: float = 1024.0  # all zips of one request, unpacked (413 above: zip bomb)
     max_zip_entries: int = 5000
-    body_timeout_s: float = 30.0  # the client must finish sending its body within this (408)
+    body_timeout_s: float = 30.0  # idle time allowed while the client sends its body (408)
+    upload_timeout_s: float = 600.0  # total time allowed for the body (408)
     request_timeout_s: float = 120.0  # preprocessing + model of one case (504)
     # queues / backpressure
     max_ongoing_requests: int = 8  # per ingress replica
@@ -36,7 +37,7 @@ class ServeSettings(Config):
 
     def __post_init__(self) -> None:
         n = type(self).__name__
-        for f in ("max_upload_mb", "max_unzipped_mb", "body_timeout_s", "request_timeout_s", "batch_wait_s"):
+        for f in ("max_upload_mb", "max_unzipped_mb", "body_timeout_s", "upload_timeout_s", "request_timeout_s", "batch_wait_s"):
             v = getattr(self, f)
             require(isinstance(v, (int, float)) and v > 0, n, f"{f} must be a positive number, got {v!r}")
         for f in ("max_zip_entries", "max_ongoing_requests", "ingress_replicas", "preprocess_replicas",
