@@ -11,6 +11,8 @@ from distmsfa.cli import demo_data as _demo_data
 from distmsfa.cli import inspect as _inspect
 from distmsfa.cli import models as _models
 from distmsfa.cli import preprocess as _preprocess
+from distmsfa.cli import score as _score
+from distmsfa.cli import serve as _serve
 
 app = typer.Typer(
     name="distmsfa",
@@ -26,6 +28,8 @@ app.command("preprocess")(_preprocess.preprocess)
 app.command("inspect")(_inspect.inspect)
 app.command("models")(_models.models)
 app.command("cv")(_cv.cv)
+app.command("serve")(_serve.serve)
+app.command("score")(_score.score)
 
 
 if __name__ == "__main__":  # pragma: no cover

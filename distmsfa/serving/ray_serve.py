@@ -13,8 +13,7 @@ queues ``max_queued_requests``; beyond that Serve answers 429 with ``Retry-After
 ``app_builder`` is the entry point of ``serve run``/``serve build`` (args = ServeSettings);
 ``build_app`` takes a ``ServeSettings``; ``start`` runs it on a Ray cluster (the CLI).
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see the real `Request` annotation.
 import asyncio
 import base64
 import collections
@@ -49,6 +48,16 @@ api = FastAPI(title="distmsfa scoring service", version="1", docs_url="/v1/docs"
 async def _http_error(request: Request, exc: StarletteHTTPException):  # 404/405 in the same JSON shape
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+
+
+def _request_id() -> str:
+    """Serve's own request id (the X-Request-Id header and access log carry it), else a new one."""
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        return _get_serve_request_context().request_id or new_request_id()
+    except Exception:  # noqa: BLE001 - a private API: fall back
+        return new_request_id()
 
 
 def _error(exc: ServeError) -> JSONResponse:
@@ -235,7 +244,7 @@ class Ingress:
 
     @api.post("/v1/predict")
     async def predict(self, request: Request, gradcam: bool = False):
-        rid = new_request_id()
+        rid = _request_id()
         t_start = time.perf_counter()
         case_id = None
         try:
@@ -246,24 +255,21 @@ class Ingress:
             answer = await asyncio.wait_for(self._score(upload, gradcam, rid, t_upload), self.s.request_timeout_s)
             answer["timing_ms"]["total"] = round((time.perf_counter() - t_start) * 1000.0, 2)
             log.info("request %s case %s: probability %.4f", rid, case_id or "-", answer["probability"])
-            return JSONResponse(answer, headers={"X-Request-Id": rid})
+            return JSONResponse(answer)
         except ServeError as exc:
             log.info("request %s case %s: %d %s", rid, case_id or "-", exc.status, exc.code)
-            exc.headers.setdefault("X-Request-Id", rid)
             return _error(exc)
         except asyncio.TimeoutError:
             log.warning("request %s case %s: timed out", rid, case_id or "-")
             return _error(ServeError(GATEWAY_TIMEOUT, "timeout",
-                                     f"the case took longer than {self.s.request_timeout_s:g} s; retry later",
-                                     headers={"X-Request-Id": rid}))
+                                     f"the case took longer than {self.s.request_timeout_s:g} s; retry later"))
         except BackPressureError:
             return _error(ServeError(UNAVAILABLE, "overloaded", "the service is at capacity; retry after the given delay",
-                                     headers={"Retry-After": str(max(1, int(np.ceil(self.s.retry_after_s)))),
-                                              "X-Request-Id": rid}))
+                                     headers={"Retry-After": str(max(1, int(np.ceil(self.s.retry_after_s))))}))
         except Exception as exc:  # noqa: BLE001 - the type only: a message could carry input text
             log.error("request %s case %s: internal error %s", rid, case_id or "-", type(exc).__name__)
             return JSONResponse(error_body("internal", f"internal error (request {rid}); the server log has the type"),
-                                status_code=500, headers={"X-Request-Id": rid})
+                                status_code=500)
 
     @api.get("/v1/health")
     async def health(self):
@@ -317,3 +323,53 @@ def build_app(settings: ServeSettings):
 def app_builder(args: dict[str, Any]):
     """``serve run distmsfa.serving.ray_serve:app_builder bundle=/path/B`` / ``serve build``."""
     return build_app(ServeSettings.from_dict(dict(args)))
+
+
+def start(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
+          verbose: bool = False, name: str = "distmsfa", ready_timeout_s: float = 600.0) -> str:
+    """Start Serve on a Ray cluster (``address``; default a local Ray), deploy the app, wait
+    until ``/v1/health`` says ready; return the URL.  ``stop()`` undoes it."""
+    import logging as _logging
+    import os
+
+    import httpx
+    import ray
+
+    if not verbose:
+        for n in ("ray", "ray.serve", "ray.serve._private"):
+            _logging.getLogger(n).setLevel(_logging.WARNING)
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=verbose, logging_level=_logging.INFO if verbose else _logging.WARNING)
+        else:
+            ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=verbose,
+                     logging_level=_logging.INFO if verbose else _logging.WARNING)
+    serve.start(http_options={"host": host, "port": int(port)},
+                logging_config={"log_level": "INFO" if verbose else "WARNING"})
+    serve.run(build_app(settings), name=name, route_prefix="/", blocking=False)
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{int(port)}"
+    deadline = time.monotonic() + ready_timeout_s
+    while True:
+        try:
+            if httpx.get(url + "/v1/health", timeout=10).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the service did not become ready within {ready_timeout_s:g} s")
+        time.sleep(0.5)
+
+
+def stop(name: str = "distmsfa") -> None:
+    """Remove the app, stop Serve and disconnect (a local Ray this process started stops too)."""
+    import ray
+
+    try:
+        serve.delete(name)
+    except Exception:  # noqa: BLE001 - already gone
+        pass
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
