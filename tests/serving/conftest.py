@@ -16,7 +16,7 @@ def syn_cases(tmp_path_factory) -> dict:
     from distmsfa.data.synthetic import generate_cohort
 
     base = tmp_path_factory.mktemp("serve-syn")
-    m = generate_cohort(base / "nifti", n=2, seed=3, progress=False)
+    m = generate_cohort(base / "nifti", n=6, seed=3, progress=False)
     md = generate_cohort(base / "dicom", n=1, seed=4, progress=False, fmt="dicom")
     rows = pd.read_csv(m).to_dict("records")
     drow = pd.read_csv(md).to_dict("records")[0]
@@ -25,4 +25,5 @@ def syn_cases(tmp_path_factory) -> dict:
             r[k] = str(Path(m).parent / r[k])
     for k in ("t1", "fs", "roi"):
         drow[k] = str(Path(md).parent / drow[k])
-    return {"manifest": Path(m), "rows": rows, "dicom": drow}
+    assert {r["label"] for r in rows} == {0, 1}
+    return {"manifest": Path(m), "rows": rows[:2], "more": rows, "dicom": drow}
