@@ -178,8 +178,6 @@ def main() -> None:
         bundle = make_bundle(tmp / "b")
     manifest = generate_cohort(tmp / "cohort", n=8, seed=11, progress=False)
     good = _bodies(Path(manifest))
-    _, first = good[0], good[0]
-    row0 = json.loads(json.dumps({}))
     import pandas as pd
 
     r0 = pd.read_csv(manifest).to_dict("records")[0]

@@ -63,7 +63,7 @@ def serve(
     import signal
     import threading
 
-    from distmsfa.serving.ray_serve import start, stop
+    from distmsfa.serving.runner import start, stop
 
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

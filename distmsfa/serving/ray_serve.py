@@ -11,11 +11,10 @@ queues ``max_queued_requests``; beyond that Serve answers 429 with ``Retry-After
 503 with ``Retry-After``.  Errors are ``{"error": {"code", "message"}}``.
 
 ``app_builder`` is the entry point of ``serve run``/``serve build`` (args = ServeSettings);
-``build_app`` takes a ``ServeSettings``; ``start`` runs it on a Ray cluster (the CLI).
+``build_app`` takes a ``ServeSettings``; ``serving.runner.start`` runs it on a Ray cluster (the CLI).
 """
 # No `from __future__ import annotations`: FastAPI must see the real `Request` annotation.
 import asyncio
-import base64
 import collections
 import logging
 import time
@@ -32,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from distmsfa.serving import auth
 from distmsfa.serving.errors import (BAD_REQUEST, GATEWAY_TIMEOUT, PAYLOAD_TOO_LARGE, REQUEST_TIMEOUT, UNAUTHORIZED,
                                      UNAVAILABLE, ServeError, error_body)
-from distmsfa.serving.service import (build_answer, model_summary, new_request_id, predictor_info, prepare_upload,
+from distmsfa.serving.service import (build_answer, new_request_id, predictor_info, prepare_upload,
                                       split_prediction)
 from distmsfa.serving.settings import ServeSettings
 from distmsfa.serving.uploads import MultipartCollector, Upload
@@ -323,53 +322,3 @@ def build_app(settings: ServeSettings):
 def app_builder(args: dict[str, Any]):
     """``serve run distmsfa.serving.ray_serve:app_builder bundle=/path/B`` / ``serve build``."""
     return build_app(ServeSettings.from_dict(dict(args)))
-
-
-def start(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
-          verbose: bool = False, name: str = "distmsfa", ready_timeout_s: float = 600.0) -> str:
-    """Start Serve on a Ray cluster (``address``; default a local Ray), deploy the app, wait
-    until ``/v1/health`` says ready; return the URL.  ``stop()`` undoes it."""
-    import logging as _logging
-    import os
-
-    import httpx
-    import ray
-
-    if not verbose:
-        for n in ("ray", "ray.serve", "ray.serve._private"):
-            _logging.getLogger(n).setLevel(_logging.WARNING)
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=verbose, logging_level=_logging.INFO if verbose else _logging.WARNING)
-        else:
-            ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=verbose,
-                     logging_level=_logging.INFO if verbose else _logging.WARNING)
-    serve.start(http_options={"host": host, "port": int(port)},
-                logging_config={"log_level": "INFO" if verbose else "WARNING"})
-    serve.run(build_app(settings), name=name, route_prefix="/", blocking=False)
-    shown = f"[{host}]" if ":" in host else host
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{int(port)}"
-    deadline = time.monotonic() + ready_timeout_s
-    while True:
-        try:
-            if httpx.get(url + "/v1/health", timeout=10).status_code == 200:
-                return url
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the service did not become ready within {ready_timeout_s:g} s")
-        time.sleep(0.5)
-
-
-def stop(name: str = "distmsfa") -> None:
-    """Remove the app, stop Serve and disconnect (a local Ray this process started stops too)."""
-    import ray
-
-    try:
-        serve.delete(name)
-    except Exception:  # noqa: BLE001 - already gone
-        pass
-    try:
-        serve.shutdown()
-    finally:
-        ray.shutdown()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gzip
 import json
 import os
 import shutil
@@ -50,8 +49,8 @@ def server(bundle, ray_cluster):
     ray.init(address=ray_cluster.address, log_to_driver=False)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING"})
-    settings = ServeSettings(bundle=str(bundle), api_key_sha256=auth.key_digest(KEY), max_upload_mb=3.0,
-                             max_unzipped_mb=8.0, body_timeout_s=2.0, request_timeout_s=60.0,
+    settings = ServeSettings(bundle=str(bundle), api_key_sha256=auth.key_digest(KEY), max_upload_mb=12.0,
+                             max_unzipped_mb=10.0, body_timeout_s=2.0, request_timeout_s=60.0,
                              max_ongoing_requests=4, max_queued_requests=4, retry_after_s=1.0,
                              max_batch=4, batch_wait_s=0.25, cpus_per_preprocess=1.0)
     serve.run(build_app(settings), name="distmsfa", route_prefix="/", blocking=False)
@@ -168,7 +167,7 @@ def _bad_inputs(syn_cases) -> dict:
         "roi other grid": ({**base, "roi": ("roi.nii.gz", nifti_bytes(coarse))}, 422, "invalid_image"),
         "center outside both": ({"t1": base["t1"], "fs": base["fs"], "roi_center_mm": "5000,5000,5000"}, 422,
                                 "invalid_image"),
-        "oversize": ({**base, "t1": ("t1.nii", b"\0" * (4 << 20))}, 413, "payload_too_large"),
+        "oversize": ({**base, "t1": ("t1.nii", b"\0" * (13 << 20))}, 413, "payload_too_large"),
         "zip two series": ({**base, "t1": ("t1.zip", zip_folder(two))}, 422, "invalid_image"),
         "zip traversal": ({**base, "t1": ("t1.zip", zip_entries({"../../x.dcm": b"x"}))}, 422, "unsafe_zip"),
         "zip bomb": ({**base, "t1": ("t1.zip", zip_bomb(16))}, 413, "zip_too_large"),
@@ -316,3 +315,41 @@ def test_score_over_http_equals_offline_metrics(server, predictor, syn_cases, tm
                                    "--api-key-file", str(keyfile), "--concurrency", "2"])
     assert res.exit_code == 0, res.output
     assert f"0 scored, {len(rows)} already scored (skipped), 1 failed" in res.output
+
+
+@pytest.mark.realdata
+def test_real_prostatex_dicom_pair_zipped(server, predictor, real_data, tmp_path):
+    """A real DICOM study (ProstateX-0000): axial T2 as 't1', ADC as 'fs', each series zipped
+    from the study folder; centre of the T2 as the ROI.  Same answer as in process, and no
+    DICOM identifier of the study in the answer."""
+    from distmsfa.io import dicom
+    from distmsfa.serving.cases import Phi
+
+    study = str(real_data / "prostatex" / "ProstateX-0000" / "07-07-2011")
+    t2 = dicom.select_series(study, "t2_tse_tra")
+    adc = dicom.select_series(study, "ADC")
+
+    def zipped(files):
+        import io
+        import zipfile
+
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for i, f in enumerate(files):
+                zf.write(f, f"s/{i:04d}.dcm")
+        return buf.getvalue()
+
+    img = sitk.ReadImage(t2.files[len(t2.files) // 2])
+    ref = dicom.read_series(t2)
+    centre = ref.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in ref.GetSize()])
+    parts = {"t1": ("t1.zip", zipped(t2.files)), "fs": ("fs.zip", zipped(adc.files)),
+             "roi_center_mm": ",".join(f"{v:.3f}" for v in centre), "case_id": "px0000"}
+    r = post(server, parts)
+    assert r.status_code == 200, r.text
+    a = r.json()
+    assert abs(a["probability"] - _in_process(predictor, parts)["probability"]) < 1e-5
+    phi = Phi()
+    phi.add_from(t2.files[0])
+    assert phi.values and not any(v.lower() in r.text.lower() for v in phi.values if len(v) >= 5)
+    assert a["preprocessing"]["t1_input"]["size"] == list(ref.GetSize())
+    del img
