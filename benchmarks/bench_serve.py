@@ -108,7 +108,7 @@ def _replica_rss() -> dict[str, int]:
         try:
             title = " ".join(p.cmdline())
             if "ServeReplica" in title:
-                out[title.split()[0][:80]] = p.memory_info().rss
+                out[title.split()[0].split(".")[0][:80]] = p.memory_info().rss  # title: ...:Model.<method> when busy
         except psutil.Error:
             pass
     return out
