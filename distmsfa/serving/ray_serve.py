@@ -272,8 +272,8 @@ class Ingress:
 
     @api.get("/v1/health")
     async def health(self):
-        try:
-            await asyncio.wait_for(self._info(), 10.0)
+        try:  # asks a model replica each time (not the cached card): a dead model is not "ready"
+            await asyncio.wait_for(self.model.card.remote(), 10.0)
         except Exception:  # noqa: BLE001
             return JSONResponse(error_body("not_ready", "models are not loaded yet"), status_code=UNAVAILABLE,
                                 headers={"Retry-After": "5"})
