@@ -66,9 +66,17 @@ def serve(
     from distmsfa.serving.runner import start, stop
 
     done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
+
+    def _interrupt(*_):
+        done.set()
+        raise KeyboardInterrupt
+
     try:
         url = start(settings, host=host, port=port, address=address, verbose=verbose)
+        # After start: ray.init installs its own SIGTERM handler (which aborts); ours stops cleanly.
+        # SIGINT is set explicitly too, as a background job inherits it ignored.
+        signal.signal(signal.SIGTERM, lambda *_: done.set())
+        signal.signal(signal.SIGINT, _interrupt)
         typer.echo(f"serving {bundle.name} at {url}  (POST {url}/v1/predict; "
                    f"{'API key required' if key else 'no key, loopback only'}); Ctrl-C stops")
         while not done.wait(1.0):
