@@ -15,6 +15,8 @@ from distmsfa.cli import models as _models
 from distmsfa.cli import paper as _paper
 from distmsfa.cli import preprocess as _preprocess
 from distmsfa.cli import report as _report
+from distmsfa.cli import score as _score
+from distmsfa.cli import serve as _serve
 
 app = typer.Typer(
     name="distmsfa",
@@ -34,6 +36,8 @@ app.command("report")(_report.report)
 app.command("evaluate")(_evaluate.evaluate)
 app.command("paper")(_paper.paper)
 app.add_typer(_bundle.app, name="bundle")
+app.command("serve")(_serve.serve)
+app.command("score")(_score.score)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -75,7 +75,10 @@ def gradcam(model: nn.Module, x: torch.Tensor, branches: list[str] | None = None
         hd = head or (name if name in model.head_names else model.primary_head)
         if hd not in model.head_names:
             raise KeyError(f"unknown head {hd!r}; this model has {list(model.head_names)}")
-        wrapper = _HeadLogit(model, hd)
+        # A fresh wrapper is in training mode, and MONAI restores its wrapper's mode after the
+        # pass: it would leave the model in train mode (BatchNorm stats then drift on later
+        # predictions).  Give the wrapper the model's own mode.
+        wrapper = _HeadLogit(model, hd).train(model.training)
         layer_name = next(f"model.{n}" for n, m in model.named_modules() if m is layers[name])
         before = {id(m): (set(m._forward_hooks), set(m._backward_hooks)) for m in model.modules()}
         try:
