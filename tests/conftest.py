@@ -82,14 +82,20 @@ class LocalCluster:
             self._run([_ray_bin(), "get-auth-token", "--generate"])
         common = [f"--num-cpus={num_cpus}", "--disable-usage-stats"]
         head = [f"--num-cpus={head_cpus if head_cpus is not None else num_cpus}", "--disable-usage-stats"]
-        self._run(
-            [_ray_bin(), "start", "--head", f"--port={self.port}", "--include-dashboard=true",
-             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-             f"--ray-client-server-port={_free_port()}", f"--temp-dir={tmp}", *head, *_node_ports()]
-        )
-        for _ in range(extra_nodes):
-            self._run([_ray_bin(), "start", f"--address={self.address}", *common, *_node_ports()])
-        self._wait_for_nodes(1 + extra_nodes)
+        try:
+            self._run(
+                [_ray_bin(), "start", "--head", f"--port={self.port}", "--include-dashboard=true",
+                 "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                 f"--ray-client-server-port={_free_port()}", f"--temp-dir={tmp}", *head, *_node_ports()]
+            )
+            for _ in range(extra_nodes):
+                self._run([_ray_bin(), "start", f"--address={self.address}", *common, *_node_ports()])
+            self._wait_for_nodes(1 + extra_nodes)
+        except BaseException:
+            # a start that fails half-way (seen on a loaded machine) leaves GCS, dashboard and
+            # client server running with no fixture to stop them
+            self.stop()
+            raise
 
     def _wait_for_nodes(self, n: int, timeout: float = 90.0) -> None:
         """`ray start` returns before a worker node has registered: wait until n are active."""

@@ -80,7 +80,7 @@ def test_killed_worker_resumes_its_fold_from_its_checkpoint(synthetic_dataset, r
     killed: dict = {}
 
     def killer() -> None:
-        deadline = time.time() + 240
+        deadline = time.time() + 480  # generous: Train workers start slowly on a loaded 2-core machine
         while time.time() < deadline:
             done = _lines(fold_dir / "metrics.jsonl")
             if done:
@@ -125,7 +125,7 @@ def test_killed_driver_run_continues_with_resume(synthetic_dataset, ray_cluster,
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with open(tmp_path / "first.log", "wb") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        deadline = time.time() + 240
+        deadline = time.time() + 480  # generous: Train workers start slowly on a loaded 2-core machine
         while time.time() < deadline and proc.poll() is None:
             if any(_lines(run / "folds" / f"fold{f}" / "metrics.jsonl") for f in (0, 1)):
                 break
