@@ -13,9 +13,12 @@ def demo(
     model: str = typer.Option("msfanet", "--model", help="A name from `distmsfa models`."),
     epochs: int = typer.Option(0, "--epochs", min=0, help="Override the profile's epochs (0 = keep)."),
     address: str = typer.Option(None, "--address", help="Ray address; default: start a local Ray."),
+    resume: bool = typer.Option(False, "--resume", help="Reuse the cohort in --out and continue its newest unfinished CV run."),
 ) -> None:
     """Generate a synthetic sacroiliac cohort, preprocess it, cross-validate MSFANet, print the summary."""
+    from distmsfa.cli._run import interruptible, resume_command
     from distmsfa.demo import run_demo
 
-    res = run_demo(out, n=n, seed=seed, model=model, address=address, epochs=epochs or None)
+    with interruptible(f"demo in {out.resolve()}", resume_command(add=["--resume"])):
+        res = run_demo(out, n=n, seed=seed, model=model, address=address, epochs=epochs or None, resume=resume)
     typer.echo(f"manifest: {res.manifest}\ndataset:  {res.data}\nrun:      {res.run_dir}")
