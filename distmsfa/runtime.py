@@ -140,6 +140,20 @@ def _session_dir() -> Optional[str]:
         return None
 
 
+def _started_here(address: Optional[str]) -> bool:
+    """True when this process's ``ray.init`` started the head node (a connect-only node,
+    i.e. a joined cluster, is never ours to stop)."""
+    if address:
+        return False
+    try:
+        import ray._private.worker as rw
+
+        node = rw._global_node
+        return bool(node is not None and node.is_head())
+    except Exception:  # noqa: BLE001
+        return False
+
+
 @contextmanager
 def ray_session(address: Optional[str] = None, *, num_cpus: Optional[int] = None, verbose: Optional[bool] = None,
                 **init_kwargs: Any) -> Iterator[RaySession]:
@@ -159,18 +173,20 @@ def ray_session(address: Optional[str] = None, *, num_cpus: Optional[int] = None
         return
     kwargs: dict[str, Any] = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR)
     kwargs.update(init_kwargs)
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        try:
-            ray.init(num_cpus=num_cpus, **kwargs)
-        except ValueError:  # a local cluster started with `ray start` is running: join it as it is
-            ray.init(**kwargs)
-    import ray._private.worker as rw
-
-    node = rw._global_node
-    started = bool(node is not None and node.is_head() and not address)
-    session = RaySession(started, address, _session_dir())
+    try:
+        with _keep_our_sigterm_handler():
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                try:
+                    ray.init(num_cpus=num_cpus, **kwargs)
+                except ValueError:  # a local cluster started with `ray start` is running: join it as it is
+                    ray.init(**kwargs)
+    except BaseException:  # interrupted or failed while starting: end what had started
+        shutdown_session(RaySession(_started_here(address), address, _session_dir()))
+        raise
+    session = RaySession(_started_here(address), address, _session_dir())
+    started = session.started
     if started and session.session_dir:
         _OWNED_SESSIONS.append(session.session_dir)
     quiet_ray_logging(verbose)
@@ -181,6 +197,26 @@ def ray_session(address: Optional[str] = None, *, num_cpus: Optional[int] = None
         yield session
     finally:
         shutdown_session(session)
+
+
+@contextmanager
+def _keep_our_sigterm_handler() -> Iterator[None]:
+    """While a guard is active, stop ``ray.init`` from replacing the SIGTERM handler (it
+    installs one that calls ``sys.exit`` at the start of ``init``, before it returns and
+    :meth:`InterruptGuard.reinstall_active` could undo it): a SIGTERM during a slow start-up
+    must still give the one line and 143."""
+    try:
+        import ray._private.utils as ru
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    saved = ru.set_sigterm_handler
+    if InterruptGuard._active is not None:
+        ru.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        ru.set_sigterm_handler = saved
 
 
 def shutdown_session(session: RaySession, grace_s: float = 3.0) -> None:
