@@ -88,6 +88,7 @@ def quiet_ray_logging(verbose: bool | None = None) -> None:
     warnings.filterwarnings("ignore", module=r"ray(\.|$)")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"ray(\.|$)")
+    _quiet_ray_data_console()
     try:
         import ray.data
 
@@ -112,6 +113,33 @@ def quiet_ray_logging(verbose: bool | None = None) -> None:
             rw.print_to_stdstream = _print
     except Exception:  # noqa: BLE001 - private API moved: the notices stay visible
         pass
+
+
+def _quiet_ray_data_console() -> None:
+    """Ray Data configures its ``ray.data`` logger itself (level DEBUG, a console handler at
+    INFO, a file handler) at import and again per dataset, so a logger level set here does
+    not last.  Its documented hook is ``RAY_DATA_LOGGING_CONFIG`` (a YAML file): the same
+    configuration with the console handler at ERROR; the file log keeps everything."""
+    if "RAY_DATA_LOGGING_CONFIG" in os.environ:  # the user's own configuration wins
+        return
+    try:
+        import copy
+        import json
+        import tempfile
+
+        from ray.data._internal import logging as rdl
+
+        cfg = copy.deepcopy(rdl.DEFAULT_CONFIG)
+        cfg["handlers"]["console"]["level"] = "ERROR"
+        path = os.path.join(tempfile.gettempdir(), f"distmsfa-ray-data-logging-{os.getuid()}.yaml")
+        tmp = f"{path}.{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(cfg, fh)  # JSON is YAML
+        os.replace(tmp, path)
+        os.environ["RAY_DATA_LOGGING_CONFIG"] = path
+        rdl.configure_logging()
+    except Exception as exc:  # noqa: BLE001 - Ray Data absent or changed: its notices stay visible
+        log.debug("Ray Data logging: %s", exc)
 
 
 # ----------------------------------------------------------------------------- Ray sessions

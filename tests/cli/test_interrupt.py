@@ -143,7 +143,9 @@ def test_cv_interrupted_stops_cleanly_and_the_printed_command_resumes_it(cohort,
     assert got["exit_s"] < EXIT_LIMIT_S
     _assert_no_session_left(mark)
     assert not (run / "summary.json").exists()  # it really stopped mid-run
-    assert "Traceback" not in got["err"] and "*** SIG" not in got["err"], got["err"][-3000:]
+    assert "*** SIG" not in got["err"] and "*** Aborted" not in got["err"], got["err"][-3000:]  # no C++ stack dump
+    if not verbose:  # (--verbose forwards Ray's workers' own output, tracebacks of its retries included)
+        assert "Traceback" not in got["err"], got["err"][-3000:]
     resume = _resume_line(got["err"])
     assert f"--out {run}" in resume and resume.endswith("--resume")
     if verbose:  # --verbose shows Ray's own lines, and the resume command keeps it
