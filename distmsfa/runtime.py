@@ -251,18 +251,12 @@ def shutdown_session(session: RaySession, grace_s: float = 3.0) -> None:
     """Disconnect; for a Ray this process started, also end every process of its session."""
     import ray
 
-    if os.environ.get("DISTMSFA_TRACE_INTERRUPT"):
-        print(f"[trace] shutdown at {time.time():.2f}", file=sys.stderr, flush=True)
     try:
         ray.shutdown()
     except Exception as exc:  # noqa: BLE001 - still sweep the session's processes below
         log.debug("ray.shutdown: %s", exc)
     if session.started and session.session_dir:
-        if os.environ.get("DISTMSFA_TRACE_INTERRUPT"):
-            print(f"[trace] sweep at {time.time():.2f}", file=sys.stderr, flush=True)
-        n = kill_session_processes(session.session_dir, grace_s=grace_s)
-        if os.environ.get("DISTMSFA_TRACE_INTERRUPT"):
-            print(f"[trace] swept {n} at {time.time():.2f}", file=sys.stderr, flush=True)
+        kill_session_processes(session.session_dir, grace_s=grace_s)
         if session.session_dir in _OWNED_SESSIONS:
             _OWNED_SESSIONS.remove(session.session_dir)
 
@@ -430,8 +424,6 @@ class InterruptGuard:
             return
         self.signum = signum
         self.t_signal = time.monotonic()
-        if os.environ.get("DISTMSFA_TRACE_INTERRUPT"):
-            print(f"[trace] handler at {time.time():.2f}", file=sys.stderr, flush=True)
         self._timer = threading.Timer(self.deadline_s, self.force_exit, kwargs={"reason": "deadline"})
         self._timer.daemon = True
         self._timer.start()
@@ -449,8 +441,6 @@ class InterruptGuard:
 
     def force_exit(self, reason: str = "") -> None:
         """Print the line, kill the local Ray sessions this process started, exit now."""
-        if os.environ.get("DISTMSFA_TRACE_INTERRUPT"):
-            print(f"[trace] force exit ({reason}) at {time.time():.2f}", file=sys.stderr, flush=True)
         self.print_message()
         for d in list(_OWNED_SESSIONS):
             try:
