@@ -39,13 +39,18 @@ def cv(
     fold_list = _parse_folds(folds)
     if resume and out is None:
         fail("--resume needs --out RUNDIR (the run folder to continue)")
+    from distmsfa.cli._run import interruptible, resume_command
     from distmsfa.config import ConfigError
     from distmsfa.data.index import PairChecksumError
-    from distmsfa.training.cv import CVError, run_cv
+    from distmsfa.training.cv import CVError, _default_run_dir, run_cv
 
+    run_dir = (out or _default_run_dir(model)).resolve()  # named now, so the resume line can name it
+    resume_cmd = resume_command(add=["--resume"], set_options={"--out": str(run_dir)})
     try:
-        run_cv(data, model, config, profile=profile, folds=fold_list, out=out, address=address, resume=resume,
-               gpus_per_fold=gpus_per_fold, plain=plain, overrides={"selection": selection} if selection else None)
+        with interruptible(f"cross-validation of {model} in {run_dir}", resume_cmd):
+            run_cv(data, model, config, profile=profile, folds=fold_list, out=run_dir, address=address, resume=resume,
+                   gpus_per_fold=gpus_per_fold, plain=plain,
+                   overrides={"selection": selection} if selection else None)
     except (ConfigError, CVError, FileNotFoundError, KeyError, PairChecksumError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         fail(str(msg).splitlines()[0] if msg else type(exc).__name__)

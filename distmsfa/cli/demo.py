@@ -14,9 +14,12 @@ def demo(
     epochs: int = typer.Option(0, "--epochs", min=0, help="Override the profile's epochs (0 = keep)."),
     address: str = typer.Option(None, "--address", help="Ray address; default: start a local Ray."),
     folds: int = typer.Option(4, "--folds", min=2, help="Cross-validation folds (the paper: 4)."),
+    resume: bool = typer.Option(False, "--resume", help="Reuse the cohort in --out and continue its newest unfinished CV run."),
 ) -> None:
     """Generate a synthetic sacroiliac cohort, preprocess it, cross-validate MSFANet, print the summary."""
+    from distmsfa.cli._run import interruptible, resume_command
     from distmsfa.demo import run_demo
 
-    res = run_demo(out, n=n, seed=seed, model=model, address=address, epochs=epochs or None, folds=folds)
+    with interruptible(f"demo in {out.resolve()}", resume_command(add=["--resume"])):
+        res = run_demo(out, n=n, seed=seed, model=model, address=address, epochs=epochs or None, resume=resume, folds=folds)
     typer.echo(f"manifest: {res.manifest}\ndataset:  {res.data}\nrun:      {res.run_dir}")

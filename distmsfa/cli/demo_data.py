@@ -43,9 +43,13 @@ def demo_data(
         ext = "NHH" if "NHH" in site_list else None
     else:
         ext = None if external_site.strip().lower() in ("", "none") else external_site.strip()
+    from distmsfa.cli._run import interruptible, resume_command
+
     try:
-        manifest = generate_cohort(out, n, sites=site_list, external_site=ext, seed=seed, fmt=fmt.lower(),
-                                   config=cfg, progress=not quiet, workers=workers)
+        # generation is seeded per case: the same command writes the same cohort again
+        with interruptible(f"synthetic cohort generation into {out.resolve()}", resume_command()):
+            manifest = generate_cohort(out, n, sites=site_list, external_site=ext, seed=seed, fmt=fmt.lower(),
+                                       config=cfg, progress=not quiet, workers=workers)
     except (ValueError, FileExistsError) as exc:
         fail(str(exc))
     typer.echo(f"wrote {n} cases: {manifest}")

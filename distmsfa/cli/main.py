@@ -26,6 +26,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own log lines and notices (hidden by default).")) -> None:
+    """MSFANet for two-sequence sacroiliac MRI: preprocess, cross-validate, tune, serve."""
+    from distmsfa.runtime import set_verbose
+
+    set_verbose(verbose)
+
+
 app.command("demo")(_demo.demo)
 app.command("demo-data")(_demo_data.demo_data)
 app.command("preprocess")(_preprocess.preprocess)

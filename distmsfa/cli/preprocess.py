@@ -69,12 +69,16 @@ def preprocess(
         cfg = cfg.replace(**changes) if changes else cfg
     except (ConfigError, OSError) as exc:
         fail(str(exc))
+    from distmsfa.cli._run import interruptible, resume_command
+
+    # A re-run skips the cases already in the index (written on interrupt): the same command resumes.
     try:
-        report = build_dataset(
-            manifest, out, cfg, address="serial" if serial else address, external_sites=tuple(external_site),
-            num_workers=workers, progress=not no_progress, refold=refold, refingerprint=refingerprint,
-            update=update, force=force,
-        )
+        with interruptible(f"preprocessing of {manifest} into {out}", resume_command()):
+            report = build_dataset(
+                manifest, out, cfg, address="serial" if serial else address, external_sites=tuple(external_site),
+                num_workers=workers, progress=not no_progress, refold=refold, refingerprint=refingerprint,
+                update=update, force=force,
+            )
     except ManifestError as exc:
         for p in exc.problems:
             typer.echo(f"error: manifest: {p}", err=True)

@@ -291,6 +291,10 @@ def build_dataset(
                 ckpt = {**previous, **rows}
                 dsindex.write_index(root, _index_frame(ckpt.values()))
                 last_ckpt = time.monotonic()
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM (distmsfa.runtime): keep what finished, so a re-run skips it
+        if rows:
+            dsindex.write_index(root, _index_frame({**{c: previous[c] for c in pending if c in previous}, **rows}.values()))
+        raise
     finally:
         if bar:
             bar[0].stop()

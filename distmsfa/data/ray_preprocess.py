@@ -36,11 +36,17 @@ def run_tasks_ray(tasks: list[dict], *, address: str | None = None, num_workers:
     shuts down only a Ray it started itself."""
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, include_dashboard=False,
-                 configure_logging=False) if address is None else ray.init(address=address, log_to_driver=False)
-        started = True
+    from distmsfa.runtime import ray_session
+
+    # A local Ray started here is shut down with all its processes when the generator ends
+    # or is closed (an interrupted build); a joined one keeps running (docs/operations.md).
+    with ray_session(address, include_dashboard=False):
+        yield from _run(tasks, num_workers, fn)
+
+
+def _run(tasks: list[dict], num_workers: int | None, fn: Callable[[dict], dict]) -> Iterator[dict]:
+    import ray
+
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.enable_progress_bars, ctx.max_errored_blocks)
     try:
@@ -61,5 +67,3 @@ def run_tasks_ray(tasks: list[dict], *, address: str | None = None, num_workers:
             yield dict(row)
     finally:
         ctx.enable_progress_bars, ctx.max_errored_blocks = saved
-        if started:
-            ray.shutdown()

@@ -255,23 +255,16 @@ def _run_ray(data, index, todo, tcfg, ccfg, run_dir, address, event, live) -> di
 
     import ray
 
+    from distmsfa.runtime import ray_session
     from distmsfa.training import ray_train
 
-    started = False
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            # At least 4 logical CPUs on a small machine: each fold's worker reserves one,
-            # the Ray Data loading tasks need a share too (docs/training.md, "Resources").
-            try:
-                ray.init(num_cpus=max(4, os.cpu_count() or 1), log_to_driver=False)
-            except ValueError:  # Ray found a running local cluster (`ray start`): join it as it is
-                ray.init(log_to_driver=False)
-        started = True
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    try:
+    # At least 4 logical CPUs on a small machine: each fold's worker reserves one, the Ray
+    # Data loading tasks need a share too (docs/training.md, "Resources").  The session
+    # shuts down a Ray it started with all its processes, and only disconnects from a
+    # joined one (docs/operations.md).
+    with ray_session(address, num_cpus=max(4, os.cpu_count() or 1)):
+        logging.getLogger("ray.train").setLevel(max(logging.WARNING, logging.getLogger("ray.train").level))
+        logging.getLogger("ray.data").setLevel(max(logging.WARNING, logging.getLogger("ray.data").level))
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
         par = ray_train.cluster_parallelism(ccfg.gpus_per_fold, ccfg.cpus_per_fold, ccfg.data_cpus, use_gpu)
         if ccfg.max_parallel:
@@ -284,30 +277,32 @@ def _run_ray(data, index, todo, tcfg, ccfg, run_dir, address, event, live) -> di
         threads = tcfg.num_threads or max(1, (os.cpu_count() or 1) // par)
         run_id = f"{os.getpid()}-{abs(hash(str(run_dir))) % 10**8}"
         hub = ray_train.start_hub(run_id)
-        specs = []
-        for f in todo:
-            rows = _fold_rows(index, f, tcfg)
-            fold_dir = str(run_dir / "folds" / f"fold{f}")
-            os.makedirs(fold_dir, exist_ok=True)
-            spec = {"fold": f, "fold_dir": fold_dir, "root": data, "run_id": run_id,
-                    "train": tcfg.replace(num_threads=threads).to_dict(),
-                    "train_rows": _rows(rows.train), "val_rows": _rows(rows.val), "inner_rows": _rows(rows.inner),
-                    "external_rows": _rows(rows.external), "name": f"fold{f}",
-                    "storage_path": str(run_dir / "ray"), "use_gpu": use_gpu, "gpus_per_fold": ccfg.gpus_per_fold,
-                    "cpus_per_fold": ccfg.cpus_per_fold, "data_cpus": ccfg.data_cpus,
-                    "materialize_train": ccfg.materialize_train, "materialize_val": ccfg.materialize_val,
-                    "max_failures": ccfg.max_failures, "read_concurrency": ccfg.read_concurrency}
-            ray_train.dump_spec(spec, os.path.join(fold_dir, "spec.json"))
-            specs.append(spec)
-            live.set_status(f, "submitted")
-        errors = ray_train.run_folds(specs, par, hub, event)
-        for f, err in errors.items():
-            live.set_status(f, "failed" if err else "done")
-        ray.kill(hub)
-        return errors
-    finally:
-        if started:
-            ray.shutdown()
+        try:
+            specs = []
+            for f in todo:
+                rows = _fold_rows(index, f, tcfg)
+                fold_dir = str(run_dir / "folds" / f"fold{f}")
+                os.makedirs(fold_dir, exist_ok=True)
+                spec = {"fold": f, "fold_dir": fold_dir, "root": data, "run_id": run_id,
+                        "train": tcfg.replace(num_threads=threads).to_dict(),
+                        "train_rows": _rows(rows.train), "val_rows": _rows(rows.val), "inner_rows": _rows(rows.inner),
+                        "external_rows": _rows(rows.external), "name": f"fold{f}",
+                        "storage_path": str(run_dir / "ray"), "use_gpu": use_gpu, "gpus_per_fold": ccfg.gpus_per_fold,
+                        "cpus_per_fold": ccfg.cpus_per_fold, "data_cpus": ccfg.data_cpus,
+                        "materialize_train": ccfg.materialize_train, "materialize_val": ccfg.materialize_val,
+                        "max_failures": ccfg.max_failures, "read_concurrency": ccfg.read_concurrency}
+                ray_train.dump_spec(spec, os.path.join(fold_dir, "spec.json"))
+                specs.append(spec)
+                live.set_status(f, "submitted")
+            errors = ray_train.run_folds(specs, par, hub, event)
+            for f, err in errors.items():
+                live.set_status(f, "failed" if err else "done")
+            return errors
+        finally:  # a failed or interrupted run must not leave its named hub actor behind
+            try:
+                ray.kill(hub)
+            except Exception:  # noqa: BLE001 - already gone with a lost cluster
+                pass
 
 
 def _finish(run_dir: Path, fold_ids: list[int], tcfg: TrainConfig, model: str,

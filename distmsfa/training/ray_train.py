@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import time
 from typing import Any, Callable
 
@@ -34,6 +35,10 @@ STATE_FILE = "state.pt"
 PID_FILE = "worker_pids.txt"
 TIMELINE_FILE = "timeline.jsonl"
 
+#: Set when the driver is interrupted: fold threads that have not yet started their
+#: trainer do not start it.
+_STOP = threading.Event()
+
 
 class MetricsHub:
     """Collects ``(fold, epoch metrics)`` events from the workers; the driver polls it.
@@ -43,6 +48,14 @@ class MetricsHub:
 
     def __init__(self) -> None:
         self._events: list[dict[str, Any]] = []
+        self._controllers: list[Any] = []
+
+    def add_controller(self, handle: Any) -> None:
+        """Each fold's Train controller registers here, so an interrupted driver can abort it."""
+        self._controllers.append(handle)
+
+    def controllers(self) -> list[Any]:
+        return list(self._controllers)
 
     def push(self, event: dict[str, Any]) -> int:
         self._events.append(event)
@@ -54,6 +67,53 @@ class MetricsHub:
 
 def hub_name(run_id: str) -> str:
     return f"distmsfa-cv-{run_id}"
+
+
+def _controller_callbacks(run_id: str) -> list[Any]:
+    """A Train controller callback that registers the controller with the run's hub.
+
+    ``TorchTrainer.fit()`` on a driver thread never exposes its controller actor (Ray only
+    wires Ctrl-C to it when ``fit()`` runs on the main thread); the driver needs it to abort
+    the fold on SIGINT/SIGTERM (``controller.abort``: workers stopped, committed
+    checkpoints kept).  Uses Ray Train V2's internal ``ControllerCallback``; where it has
+    moved, no callback is added and an interrupt falls back to ending the session."""
+    try:
+        from ray.train.v2._internal.execution.callback import ControllerCallback
+    except ImportError:  # pragma: no cover - other Ray versions
+        return []
+
+    class _RegisterController(ControllerCallback):
+        def __init__(self, rid: str) -> None:
+            self.run_id = rid
+
+        def after_controller_start(self, train_run_context: Any) -> None:
+            try:
+                hub = ray.get_actor(hub_name(self.run_id), namespace=HUB_NAMESPACE)
+                hub.add_controller.remote(ray.get_runtime_context().current_actor)
+            except Exception:  # noqa: BLE001 - no hub (driver gone): nothing to register with
+                pass
+
+    return [_RegisterController(run_id)]
+
+
+def abort_folds(hub: Any, timeout_s: float = 3.0) -> int:
+    """Abort every registered fold controller of the run (their workers stop; committed
+    checkpoints stay); force-kill those that do not answer within ``timeout_s``."""
+    try:
+        ctrls = ray.get(hub.controllers.remote(), timeout=timeout_s)
+    except Exception:  # noqa: BLE001
+        return 0
+    refs = [c.abort.remote() for c in ctrls]
+    try:
+        ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    except Exception:  # noqa: BLE001
+        pass
+    for c in ctrls:
+        try:
+            ray.kill(c, no_restart=True)
+        except Exception:  # noqa: BLE001 - already exited (abort ends the actor)
+            pass
+    return len(ctrls)
 
 
 def start_hub(run_id: str):
@@ -148,6 +208,8 @@ def fit_fold_job(spec: dict[str, Any]) -> dict[str, Any]:
     from ray.train.torch import TorchTrainer
 
     t0 = time.time()
+    if _STOP.is_set():
+        raise RuntimeError("the run was interrupted before this fold started")
     mark(spec["fold_dir"], "trainer_start")
     use_gpu = spec["gpus_per_fold"] > 0 and spec["use_gpu"]
     res = {"CPU": spec["cpus_per_fold"], **({"GPU": spec["gpus_per_fold"]} if use_gpu else {})}
@@ -158,7 +220,8 @@ def fit_fold_job(spec: dict[str, Any]) -> dict[str, Any]:
         run_config=ray.train.RunConfig(
             name=spec["name"], storage_path=spec["storage_path"],
             failure_config=ray.train.FailureConfig(max_failures=spec["max_failures"]),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            callbacks=_controller_callbacks(spec["run_id"])),
     )
     trainer.fit()
     return {"fold": spec["fold"], "wall_s": time.time() - t0}
@@ -185,6 +248,7 @@ def run_folds(specs: list[dict[str, Any]], max_parallel: int, hub: Any,
     running: dict[Any, int] = {}
     outcome: dict[int, str | None] = {}
     cursor = 0
+    _STOP.clear()
     pool = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="distmsfa-fold")
 
     def drain() -> None:
@@ -207,9 +271,27 @@ def run_folds(specs: list[dict[str, Any]], max_parallel: int, hub: Any,
                 exc = fut.exception()
                 outcome[fold] = None if exc is None else _one_line(exc)
         drain()
+    except BaseException:  # KeyboardInterrupt / distmsfa.runtime.Interrupted: stop the folds now
+        _stop_running(hub, running, pending)
+        raise
     finally:
-        pool.shutdown(wait=True)
+        pool.shutdown(wait=not running, cancel_futures=True)
     return outcome
+
+
+def _stop_running(hub: Any, running: dict[Any, int], pending: list, wait_s: float = 5.0) -> None:
+    """Abort the running folds' controllers until their ``fit()`` threads return (a fold
+    whose controller registers after the first round is aborted in the next one)."""
+    from concurrent.futures import wait
+
+    pending.clear()
+    _STOP.set()
+    deadline = time.monotonic() + wait_s
+    while running and time.monotonic() < deadline:
+        abort_folds(hub, timeout_s=1.0)
+        done, _ = wait(list(running), timeout=0.5)
+        for fut in done:
+            running.pop(fut, None)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -141,7 +141,8 @@ def _prepare_out(out: Path) -> None:
     put there must not be deleted with it)."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out.name} is an existing file; choose a folder")
-    if out.exists() and any(out.iterdir()) and not (out / "cohort.json").exists():
+    # a folder holding only cases/ is an interrupted generation: the same command redoes it
+    if out.exists() and any(p.name != "cases" for p in out.iterdir()) and not (out / "cohort.json").exists():
         raise FileExistsError(f"{out} is not empty and holds no synthetic cohort (cohort.json); "
                               "choose an empty or new folder")
     cases = out / "cases"
@@ -201,6 +202,14 @@ def generate_cohort(out: str | Path, n: int = 120, *, sites: Sequence[str] = ("T
     return manifest
 
 
+def _ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C (sent to the whole process group) to the parent, which
+    cancels the queued cases: no traceback per worker on the terminal."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run(jobs: list[tuple], workers: int, progress: bool) -> list[dict[str, Any]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -213,7 +222,7 @@ def _run(jobs: list[tuple], workers: int, progress: bool) -> list[dict[str, Any]
                 results.append(make_case(*job))
                 bar.advance(task)
             return results
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint) as pool:
             results = []
             for res in pool.map(_make_case_star, jobs, chunksize=1):
                 results.append(res)
