@@ -9,6 +9,7 @@ from distmsfa.cli import cv as _cv
 from distmsfa.cli import demo as _demo
 from distmsfa.cli import demo_data as _demo_data
 from distmsfa.cli import inspect as _inspect
+from distmsfa.cli import localiser as _localiser
 from distmsfa.cli import models as _models
 from distmsfa.cli import preprocess as _preprocess
 
@@ -26,6 +27,7 @@ app.command("preprocess")(_preprocess.preprocess)
 app.command("inspect")(_inspect.inspect)
 app.command("models")(_models.models)
 app.command("cv")(_cv.cv)
+app.add_typer(_localiser.app, name="localiser")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,6 +34,7 @@ def preprocess(
     refold: bool = typer.Option(False, "--refold", help="rewrite folds.parquet (otherwise existing folds are kept)"),
     refingerprint: bool = typer.Option(False, "--refingerprint", help="recompute the cohort median spacing"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
+    localiser: Optional[Path] = typer.Option(None, "--localiser", help="trained localiser folder: cases with an empty roi cell get a predicted ROI"),
 ) -> None:
     """Preprocess every case of MANIFEST into a dataset at --out.
 
@@ -64,6 +65,7 @@ def preprocess(
         report = build_dataset(
             manifest, out, cfg, address="serial" if serial else address, external_sites=tuple(external_site),
             num_workers=workers, progress=not no_progress, refold=refold, refingerprint=refingerprint,
+            **({"localiser": localiser} if localiser is not None else {}),
         )
     except ManifestError as exc:
         for p in exc.problems:

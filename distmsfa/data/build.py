@@ -135,19 +135,27 @@ def build_dataset(
     progress: bool = True,
     refold: bool = False,
     refingerprint: bool = False,
+    localiser: str | os.PathLike[str] | None = None,
 ) -> BuildReport:
     """Preprocess every case of ``manifest`` into the dataset at ``out`` (local path or URI).
 
     ``address``: None = Ray (connect to a running one, or start a local one), ``"auto"`` or
     ``"ray://..."``/``"host:port"`` = that cluster, ``"serial"`` = no Ray, one process.
     Raises ManifestError for a structurally broken manifest; per-case problems (bad rows,
-    unreadable images...) are reported in ``BuildReport.failures`` and ``failed.csv``."""
+    unreadable images...) are reported in ``BuildReport.failures`` and ``failed.csv``.
+    ``localiser``: a trained localiser folder; cases with no ROI get a predicted one
+    (index column ``roi_source`` = "given" | "predicted"; docs/localiser.md)."""
     cfg = config or PreprocessConfig()
     t0 = time.perf_counter()
     root = os.fspath(out) if "://" in os.fspath(out) else os.path.abspath(os.fspath(out))
     if "://" not in root:
         os.makedirs(root, exist_ok=True)
-    manifest_obj = load_manifest(manifest)
+    if localiser is not None:
+        from distmsfa.localiser.store import load_localiser
+
+        localiser = os.path.abspath(os.fspath(localiser))
+        load_localiser(localiser)  # fail fast (LocaliserError) before any case runs
+    manifest_obj = load_manifest(manifest, allow_missing_roi=localiser is not None)
     stored = _read_json(root, dsindex.FINGERPRINT_FILE)
     ext, existing_folds = _folds_config(root, stored, cfg, external_sites, refold)
 
@@ -168,7 +176,7 @@ def build_dataset(
     except FileNotFoundError:
         previous = {}
     threads = 1 if address != "serial" else 0
-    tasks = [make_task(c, root, cfg, spacing, fingerprint, previous.get(c.case_id), threads)
+    tasks = [make_task(c, root, cfg, spacing, fingerprint, previous.get(c.case_id), threads, localiser)
              for c in manifest_obj.cases]
     report = BuildReport(root=root, spacing_dhw=spacing, fingerprint=fingerprint,
                          executor="serial" if address == "serial" else "ray")
