@@ -11,9 +11,9 @@
    centroid near the T1's centre.  Any failure raises ``RoiPredictionError`` naming it.
 
 Why MONAI ``UNet`` (and not BasicUNet / SegResNet): at 4-5 mm over the whole field of view
-two blob-like joints are a coarse task; UNet's channel list lets the net be tiny (8-64
-features, ~0.3 M parameters, a CPU forward in tens of milliseconds), its residual units
-train stably from few cases, and it takes any grid divisible by 2^(levels-1).
+two blob-like joints are a coarse task; UNet's channel list lets the net be tiny (default
+8-16-32 features, 30 k parameters, a CPU forward in milliseconds), it takes any grid
+divisible by 2^(levels-1), and residual units are one option away for larger grids.
 BasicUNet fixes six feature levels (heavier, 32+ features by default); SegResNet brings
 deep supervision and VAE options we do not need.
 """
@@ -36,18 +36,20 @@ class RoiPredictionError(ImageReadError):
 def build_net(cfg: LocaliserConfig) -> nn.Module:
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=3, in_channels=2 + (3 if cfg.coord_channels else 0), out_channels=3, channels=cfg.channels,
+    return UNet(spatial_dims=3, in_channels=2 + len(cfg.coord_axes), out_channels=3, channels=cfg.channels,
                 strides=(2,) * (len(cfg.channels) - 1), num_res_units=cfg.num_res_units, norm="INSTANCE")
 
 
 def with_coords(xb: torch.Tensor, cfg: LocaliserConfig) -> torch.Tensor:
-    """(B, 2, D, H, W) -> (B, 5, D, H, W): the image channels plus voxel coordinates in [-1, 1]."""
-    if not cfg.coord_channels:
+    """(B, 2, D, H, W) -> (B, 2 + len(cfg.coord_axes), D, H, W): the image channels plus the
+    voxel coordinates (in [-1, 1]) of the axes in ``cfg.coord_axes``."""
+    if not cfg.coord_axes:
         return xb
     b, _, d, h, w = xb.shape
     axes = [torch.linspace(-1.0, 1.0, n, dtype=xb.dtype, device=xb.device) for n in (d, h, w)]
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))[None].expand(b, -1, -1, -1, -1)
-    return torch.cat([xb, grid], dim=1)
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))
+    keep = [i for i, a in enumerate("DHW") if a in cfg.coord_axes]
+    return torch.cat([xb, grid[keep][None].expand(b, -1, -1, -1, -1)], dim=1)
 
 
 class Localiser:

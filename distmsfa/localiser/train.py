@@ -84,6 +84,18 @@ def _shift(t: torch.Tensor, shifts: Sequence[int]) -> torch.Tensor:
     return out
 
 
+def _negative(shape, rng: np.random.Generator) -> torch.Tensor:
+    """A study without joints: random noise smoothed at a random scale, each channel in [0, 1]."""
+    from scipy import ndimage
+
+    out = []
+    for _ in range(shape[0]):
+        a = ndimage.gaussian_filter(rng.normal(size=shape[1:]), sigma=float(rng.uniform(0.5, 3.0)))
+        a = (a - a.min()) / max(float(a.max() - a.min()), 1e-6)
+        out.append(a * rng.uniform(0.3, 1.0))
+    return torch.from_numpy(np.stack(out).astype(np.float32))
+
+
 def fit(cases: Sequence[LabelledCase], cfg: LocaliserConfig, tcfg: LocaliserTrainConfig,
         on_epoch: Callable[[int, float], None] | None = None) -> tuple[Localiser, list[float]]:
     """Train one localiser on ``cases`` (each with labels); returns it and the loss per epoch."""
@@ -112,6 +124,10 @@ def fit(cases: Sequence[LabelledCase], cfg: LocaliserConfig, tcfg: LocaliserTrai
             sel = order[b0:b0 + tcfg.batch_size]
             xs, ys = [], []
             for i in sel:
+                if rng.random() < tcfg.negative_fraction:
+                    xs.append(_negative(X[i].shape, rng))
+                    ys.append(torch.zeros_like(Y[i]))
+                    continue
                 sh = [int(rng.integers(-m, m + 1)) if m else 0 for m in tcfg.shift_vox]
                 x = _shift(X[i].clone(), sh)
                 g = np.exp(rng.uniform(-np.log(tcfg.gamma), np.log(tcfg.gamma), 2)).astype(np.float32)
