@@ -73,13 +73,13 @@ def _fold_table(cases, folds: pd.DataFrame | None, n_folds: int, seed: int, exte
     return t
 
 
-def _table(folds: dict, pooled: dict, external: dict | None) -> str:
+def _table(folds: dict, pooled: dict | None, external: dict | None) -> str:
     def f(v, k):
         return "-" if v is None else f"{v[k]:.1f}"
 
     lines = ["| split | n | Dice left | Dice right | centroid err left (mm) | right (mm) | ROI centre (mm) "
              "| centre-of-image baseline (mm) | implausible |", "|---|---|---|---|---|---|---|---|---|"]
-    rows = [(f"fold {k}", s) for k, s in folds.items()] + [("pooled out-of-fold", pooled)]
+    rows = [(f"fold {k}", s) for k, s in folds.items()] + ([("pooled out-of-fold", pooled)] if pooled else [])
     if external:
         rows.append(("external (final model)", external))
     for name, s in rows:
@@ -152,7 +152,7 @@ def train_localiser(data: str, out: str | os.PathLike[str], *, manifest: str | N
     save_localiser(final, out, extra={"source": {"manifest": os.path.abspath(mpath)}})
     (out / CV_FILE).write_text(json.dumps({**cv_block, "failures": failures}, indent=2))
     pd.DataFrame(oof_rows + ext_rows).to_csv(out / CASES_FILE, index=False)
-    table = _table(per_fold, pooled, ext_sum) if pooled else _table({}, ext_sum, None) if ext_sum else ""
+    table = _table(per_fold, pooled, ext_sum) if (pooled or ext_sum) else ""
     (out / TABLE_FILE).write_text(table + "\n")
     return LocaliserReport(out, per_fold, pooled, ext_sum, failures, table)
 
