@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import typer
 
+from distmsfa.cli import bundle as _bundle
 from distmsfa.cli import cv as _cv
 from distmsfa.cli import demo as _demo
 from distmsfa.cli import demo_data as _demo_data
@@ -27,6 +28,7 @@ app.command("preprocess")(_preprocess.preprocess)
 app.command("inspect")(_inspect.inspect)
 app.command("models")(_models.models)
 app.command("cv")(_cv.cv)
+app.add_typer(_bundle.app, name="bundle")
 app.add_typer(_localiser.app, name="localiser")
 
 
