@@ -60,3 +60,19 @@ def train(
     if rep.table:
         typer.echo(rep.table)
     typer.echo(f"localiser saved to {rep.out} (metrics: {rep.out / 'cv_metrics.json'})")
+
+
+@app.command("attach")
+def attach(
+    bundle: Path = typer.Option(..., "--bundle", help="Model bundle folder (distmsfa bundle export)."),
+    localiser: Path = typer.Option(..., "--localiser", help="Trained localiser folder."),
+    force: bool = typer.Option(False, "--force", help="Replace a localiser the bundle already carries."),
+) -> None:
+    """Put a localiser into a model bundle, so that the bundle can score studies without an ROI."""
+    from distmsfa.localiser.bundle import attach_localiser
+
+    try:
+        rec = attach_localiser(bundle, localiser, force=force)
+    except (ValueError, OSError) as exc:
+        fail(str(exc).splitlines()[0])
+    typer.echo(f"localiser {rec['weights_sha256'][:12]} attached to {bundle} ({rec['path']}/)")

@@ -32,6 +32,8 @@ _LAZY = {
     "load_cases": "distmsfa.localiser.train",
     "train_localiser": "distmsfa.localiser.cv",
     "joint_evidence": "distmsfa.localiser.evidence",
+    "attach_localiser": "distmsfa.localiser.bundle",
+    "bundle_localiser": "distmsfa.localiser.bundle",
     "joint_shares": "distmsfa.localiser.evidence",
 }
 
