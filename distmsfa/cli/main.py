@@ -11,6 +11,7 @@ from distmsfa.cli import demo as _demo
 from distmsfa.cli import demo_data as _demo_data
 from distmsfa.cli import evaluate as _evaluate
 from distmsfa.cli import inspect as _inspect
+from distmsfa.cli import localiser as _localiser
 from distmsfa.cli import models as _models
 from distmsfa.cli import paper as _paper
 from distmsfa.cli import preprocess as _preprocess
@@ -46,6 +47,7 @@ app.command("paper")(_paper.paper)
 app.add_typer(_bundle.app, name="bundle")
 app.command("serve")(_serve.serve)
 app.command("score")(_score.score)
+app.add_typer(_localiser.app, name="localiser")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,6 +38,7 @@ def preprocess(
     force: bool = typer.Option(False, "--force", help="make the index exactly this run's good cases: drop indexed "
                                "cases that fail now or are not in the manifest (and their files)"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
+    localiser: Optional[Path] = typer.Option(None, "--localiser", help="trained localiser folder: cases with an empty roi cell get a predicted ROI"),
 ) -> None:
     """Preprocess every case of MANIFEST into a dataset at --out.
 
@@ -78,6 +79,7 @@ def preprocess(
                 manifest, out, cfg, address="serial" if serial else address, external_sites=tuple(external_site),
                 num_workers=workers, progress=not no_progress, refold=refold, refingerprint=refingerprint,
                 update=update, force=force,
+                **({"localiser": localiser} if localiser is not None else {}),
             )
     except ManifestError as exc:
         for p in exc.problems:

@@ -194,6 +194,7 @@ def build_dataset(
     refingerprint: bool = False,
     update: bool = False,
     force: bool = False,
+    localiser: str | os.PathLike[str] | None = None,
 ) -> BuildReport:
     """Preprocess every case of ``manifest`` into the dataset at ``out`` (local path or URI).
 
@@ -206,12 +207,19 @@ def build_dataset(
     ``update``: accept a dataset built from another manifest or other preprocessing
     settings (its cases are kept, same case ids replaced).  ``force``: the index becomes
     exactly this run's good cases (cases that fail now or are absent from the manifest
-    are dropped, with their files)."""
+    are dropped, with their files).  ``localiser``: a trained localiser folder; cases with no
+    ROI get a predicted one (index column ``roi_source`` = "given" | "predicted";
+    docs/localiser.md)."""
     cfg = config or PreprocessConfig()
     t0 = time.perf_counter()
     root = os.fspath(out) if "://" in os.fspath(out) else os.path.abspath(os.fspath(out))
     _check_out(root)
-    manifest_obj = load_manifest(manifest)
+    if localiser is not None:
+        from distmsfa.localiser.store import load_localiser
+
+        localiser = os.path.abspath(os.fspath(localiser))
+        load_localiser(localiser)  # fail fast (LocaliserError) before any case runs
+    manifest_obj = load_manifest(manifest, allow_missing_roi=localiser is not None)
     stored = _read_json(root, dsindex.FINGERPRINT_FILE)
     ext, existing_folds = _folds_config(root, stored, cfg, external_sites, refold)
     try:
@@ -263,7 +271,7 @@ def build_dataset(
                              for c, r in previous.items() if c not in manifest_ids]),
         columns=["case_id", "patient_id", "label"]))
     threads = 1 if address != "serial" else 0
-    tasks = [make_task(c, root, cfg, spacing, fingerprint, previous.get(c.case_id), threads)
+    tasks = [make_task(c, root, cfg, spacing, fingerprint, previous.get(c.case_id), threads, localiser)
              for c in manifest_obj.cases]
     report = BuildReport(root=root, spacing_dhw=spacing, fingerprint=fingerprint,
                          executor="serial" if address == "serial" else "ray")

@@ -20,12 +20,17 @@ from distmsfa.io.manifest import CaseSpec
 
 
 def make_task(case: CaseSpec, root: str, cfg: PreprocessConfig, spacing_dhw, fingerprint: str,
-              previous: dict | None, threads: int = 0) -> dict:
+              previous: dict | None, threads: int = 0, localiser: str | None = None) -> dict:
+    """``localiser``: folder of a trained localiser; a case without ROI gets a predicted one."""
     return {
         "case": case.to_dict(), "root": str(root), "cfg": cfg.to_dict(), "spacing_dhw": list(spacing_dhw),
         "fingerprint": fingerprint, "previous": json.dumps(previous, default=_jsonable) if previous else "",
-        "threads": int(threads),
+        "threads": int(threads), "localiser": str(localiser) if localiser else "",
     }
+
+
+def _has_roi(case: CaseSpec) -> bool:
+    return bool(case.roi or case.roi_center_mm or case.roi_bbox_mm)
 
 
 def _jsonable(v):
@@ -41,10 +46,17 @@ def _jsonable(v):
     return str(v)
 
 
-def _sources(case: CaseSpec) -> dict[str, str]:
+def _sources(case: CaseSpec, localiser: str = "") -> dict[str, str]:
     from distmsfa.io.readers import source_checksum
 
     out = {"t1": source_checksum(case.t1, case.t1_series, "t1"), "fs": source_checksum(case.fs, case.fs_series, "fs")}
+    if not _has_roi(case):
+        if not localiser:
+            raise ImageReadError("roi: no ROI given (roi, roi_center_mm or roi_bbox_mm) and no --localiser to predict one")
+        from distmsfa.localiser.store import localiser_checksum
+
+        out["roi"] = json.dumps({"predicted_by": localiser_checksum(localiser)})
+        return out
     out["roi"] = source_checksum(case.roi, None, "roi") if case.roi else json.dumps(
         {"center": case.roi_center_mm, "bbox": case.roi_bbox_mm})
     return out
@@ -81,7 +93,7 @@ def run_case(task: dict) -> dict:
     cfg = PreprocessConfig.from_dict(task["cfg"])
     root, fp = task["root"], task["fingerprint"]
     prev = json.loads(task["previous"]) if task.get("previous") else None
-    sources = _sources(case)
+    sources = _sources(case, task.get("localiser", ""))
     if prev and _can_skip(root, prev, sources, fp):
         prev.update(label=case.label, patient_id=case.patient_id, site=case.site)
         return {"case_id": case.case_id, "status": "skipped", "reason": "", "row_json": json.dumps(prev)}
@@ -94,8 +106,20 @@ def run_case(task: dict) -> dict:
     if _same_voxels(t1.image, fs.image):
         raise ImageReadError("t1 and fs hold identical images (same grid and voxels); fs must be the "
                              "fat-suppressed (STIR) series")
-    roi = Roi(label_map=read_label_map(case.roi).image if case.roi else None,
-              center_mm=case.roi_center_mm, bbox_mm=case.roi_bbox_mm)
+    predicted = None
+    if _has_roi(case):
+        roi = Roi(label_map=read_label_map(case.roi).image if case.roi else None,
+                  center_mm=case.roi_center_mm, bbox_mm=case.roi_bbox_mm)
+    else:  # no ROI in the manifest: the localiser's (raises RoiPredictionError when implausible)
+        from distmsfa.localiser.store import cached_localiser, predicted_roi_nifti
+        from distmsfa.localiser.model import predict_roi
+
+        if task.get("threads"):
+            import torch
+
+            torch.set_num_threads(int(task["threads"]))
+        label_map, predicted = predict_roi(cached_localiser(task["localiser"]), t1.image, fs.image)
+        roi = Roi(label_map=label_map)
     res = preprocess_images(t1.image, fs.image, roi, cfg, task["spacing_dhw"])
     pair_rel, roi_rel = f"pairs/{case.case_id}.npy", f"rois/{case.case_id}.npy"
     pair_sha = dsindex.save_array(root, pair_rel, res.pair)
@@ -108,8 +132,14 @@ def run_case(task: dict) -> dict:
         "source_sha256": json.dumps(sources, sort_keys=True), "fingerprint": fp,
         "pair_path": pair_rel, "roi_path": roi_rel, "pair_sha256": pair_sha,
         "fs_coverage": res.fs_coverage, "t1_coverage": res.t1_coverage,
-        "roi_kind": "label_map" if case.roi else ("center" if case.roi_center_mm else "bbox"),
+        "roi_kind": "label_map" if case.roi or predicted else ("center" if case.roi_center_mm else "bbox"),
+        "roi_source": "predicted" if predicted else "given",
     }
+    if predicted is not None:  # the predicted label map, for a radiologist to check
+        pred_rel = f"predicted_rois/{case.case_id}.nii.gz"
+        dsindex.write_bytes_atomic(root, pred_rel, predicted_roi_nifti(label_map))
+        row["roi_prediction"] = json.dumps({"path": pred_rel, "centroids_mm": predicted["centroids_mm"],
+                                            "volumes_ml": predicted["volumes_ml"]})
     return {"case_id": case.case_id, "status": "done", "reason": "", "row_json": json.dumps(row)}
 
 

@@ -124,8 +124,11 @@ def _floats(text: str, n: int, col: str) -> tuple[float, ...]:
     return vals
 
 
-def load_manifest(path: str | os.PathLike[str], *, check_files: bool = True) -> Manifest:
-    """Parse and validate; raise ManifestError on structural problems, collect row problems."""
+def load_manifest(path: str | os.PathLike[str], *, check_files: bool = True, allow_missing_roi: bool = False) -> Manifest:
+    """Parse and validate; raise ManifestError on structural problems, collect row problems.
+
+    ``allow_missing_roi``: a row with no ROI cell (and a manifest with no ROI column) is valid;
+    its CaseSpec has no ROI and the caller predicts one (``preprocess --localiser``)."""
     path = os.fspath(path)
     df = _read_table(uris.strip_file_uri(path) if path.startswith("file://") else path)
     df.columns = [str(c).strip() for c in df.columns]
@@ -137,7 +140,7 @@ def load_manifest(path: str | os.PathLike[str], *, check_files: bool = True) -> 
             close = difflib.get_close_matches(col, list(df.columns), n=1)
             structural.append(f"missing required column {col!r}" + (f" (found {close[0]!r})" if close else ""))
     roi_cols = [c for c in ROI_COLUMNS if c in df.columns]
-    if not roi_cols:
+    if not roi_cols and not allow_missing_roi:
         close = [c for c in df.columns if difflib.get_close_matches(c, ROI_COLUMNS, n=1)]
         structural.append(
             "no ROI column: add one of roi, roi_center_mm, roi_bbox_mm" + (f" (found {close})" if close else "")
@@ -173,7 +176,9 @@ def load_manifest(path: str | os.PathLike[str], *, check_files: bool = True) -> 
             srcs[col] = uris.resolve_source(rec[col], base)
         roi = center = bbox = None
         given = [c for c in roi_cols if rec.get(c)]
-        if len(given) != 1:
+        if not given and allow_missing_roi:
+            pass  # predicted later by the localiser
+        elif len(given) != 1:
             msgs.append("give exactly one of roi, roi_center_mm, roi_bbox_mm" + (f" (got {given})" if given else ""))
         else:
             try:
