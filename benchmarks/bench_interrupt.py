@@ -78,7 +78,7 @@ def main() -> None:
     manifest = generate_cohort(base / "cohort", n=20, seed=0, progress=False)
     cfg = PreprocessConfig(target_spacing_mm=(5.0, 2.5, 2.5), crop_size=(8, 48, 64), n_folds=2, seed=0)
     build_dataset(manifest, base / "data", cfg, address="serial", external_sites=("NHH",), progress=False)
-    (base / "cv.yaml").write_text("train:\n  epochs: 30\n  num_threads: 1\n")
+    (base / "cv.yaml").write_text("train:\n  epochs: 30\n  num_threads: 1\n", encoding="utf-8")
     (base / "pre.yaml").write_text("preprocess:\n  target_spacing_mm: [5.0, 2.5, 2.5]\n  crop_size: [8, 48, 64]\n"
                                    "  n_folds: 2\n  seed: 0\n")
     py = [sys.executable, "-m", "distmsfa"]

@@ -78,8 +78,8 @@ def main() -> None:
             run_cv(data, "msfanet", profile="cpu", folds=folds, out=rd, plain=True, progress=False,
                    resume=(rd / "run.json").exists(),
                    overrides={"epochs": args.epochs, "selection": sel, "num_threads": args.threads})
-        s = json.loads((rd / "summary.json").read_text())
-        hist = [json.loads(x) for f in folds for x in (rd / "folds" / f"fold{f}" / "metrics.jsonl").read_text().splitlines()]
+        s = json.loads((rd / "summary.json").read_text(encoding="utf-8"))
+        hist = [json.loads(x) for f in folds for x in (rd / "folds" / f"fold{f}" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
         result["runs"][sel] = {
             "run_dir": str(rd), "collect_wall_s": time.time() - t,
             "fold_wall_s_sum": float(sum(h["epoch_time_s"] for h in hist)), "median_epoch_s": float(np.median([h["epoch_time_s"] for h in hist])),

@@ -141,7 +141,7 @@ def main() -> None:
                               "goal_ratio": 0.95,
                               "plain_epoch_rates": list(plain.histories[0]["train_samples_per_s"]),
                               "ray_epoch_rates": list(viaray.histories[0]["train_samples_per_s"])}
-    tl = [json.loads(x) for x in (tmp / "ray" / "folds" / "fold0" / "timeline.jsonl").read_text().splitlines()]
+    tl = [json.loads(x) for x in (tmp / "ray" / "folds" / "fold0" / "timeline.jsonl").read_text(encoding="utf-8").splitlines()]
     ev = {}
     for e in tl:
         ev.setdefault(e["event"], e["t"])

@@ -24,7 +24,7 @@ def _run(script: str, out: Path, *args: str, timeout: int = 600) -> dict:
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--out", str(out), *args], env=env,
                           cwd=out.parent, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    return json.loads(out.read_text(encoding="utf-8"))
 
 
 def test_bench_synthetic_tiny(tmp_path):

@@ -29,7 +29,7 @@ def test_models_lists_every_registered_model_with_the_sizes_docs_quote():
     assert list(rows) == list_models()
     assert rows["baseline_t1"][0] == "t1" and rows["baseline_fs"][0] == "fs" and rows["msfanet"][0] == "t1,fs"
     # docs/models.md's registry table quotes the same sizes
-    table = re.findall(r"(?m)^\| `(\w+)` \|.*\| ([\d.]+) M \| ([\d.]+) k \|$", (REPO / "docs" / "models.md").read_text())
+    table = re.findall(r"(?m)^\| `(\w+)` \|.*\| ([\d.]+) M \| ([\d.]+) k \|$", (REPO / "docs" / "models.md").read_text(encoding="utf-8"))
     assert sorted(n for n, _, _ in table) == sorted(rows)
     assert {n: float(v) for n, v, _ in table} == {n: round(v, 2) for n, (_, v) in rows.items()}
     tiny = {n: round(sum(p.numel() for p in create_model(n, preset="tiny").parameters()) / 1e3) for n in rows}
@@ -59,7 +59,7 @@ def test_demo_runs_end_to_end_on_a_tiny_cohort(tmp_path):
     index = pd.read_parquet(out / "data" / "index.parquet")
     assert len(manifest) == 12 and sorted(index["case_id"]) == sorted(manifest["case_id"])
     assert set(index.loc[index["site"] == "NHH", "is_external"]) <= {True}
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert summary["folds_done"] == [0, 1] and summary["epochs"] == 1
     for f in (0, 1):
         assert list(pd.read_csv(run / "folds" / f"fold{f}" / "history.csv")["epoch"]) == [0]

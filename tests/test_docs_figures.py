@@ -71,7 +71,7 @@ def check(text: str) -> list[str]:
             problems.append(f"section {head!r} quotes {figures[0][0]} {figures[0][1]} but names no "
                             f"benchmarks/results/*.json" + (f" (names {missing}, not kept)" if missing else ""))
             continue
-        values = [v for f in files for v in numbers(json.loads(f.read_text()))]
+        values = [v for f in files for v in numbers(json.loads(f.read_text(encoding="utf-8")))]
         for q, unit in figures:
             if not held(q, unit, values):
                 problems.append(f"section {head!r}: {q} {unit} is in none of {[f.name for f in files]}")

@@ -38,7 +38,7 @@ def train(
         if config is not None:
             import yaml
 
-            data_cfg = yaml.safe_load(config.read_text()) or {}
+            data_cfg = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
         cfg = LocaliserConfig.from_dict(data_cfg.get("localiser"))
         tcfg = LocaliserTrainConfig.from_dict(data_cfg.get("train"))
         if epochs is not None:

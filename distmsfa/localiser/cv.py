@@ -153,7 +153,7 @@ def train_localiser(data: str, out: str | os.PathLike[str], *, manifest: str | N
     (out / CV_FILE).write_text(json.dumps({**cv_block, "failures": failures}, indent=2))
     pd.DataFrame(oof_rows + ext_rows).to_csv(out / CASES_FILE, index=False)
     table = _table(per_fold, pooled, ext_sum) if (pooled or ext_sum) else ""
-    (out / TABLE_FILE).write_text(table + "\n")
+    (out / TABLE_FILE).write_text(table + "\n", encoding="utf-8")
     return LocaliserReport(out, per_fold, pooled, ext_sum, failures, table)
 
 

@@ -78,7 +78,7 @@ def load_localiser(path: str | os.PathLike[str], device: str = "cpu") -> Localis
     if not meta_path.is_file():
         raise LocaliserError(f"localiser {folder}: no {META_FILE}; train one with `distmsfa localiser train`")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise LocaliserError(f"localiser {folder}: {META_FILE} is not JSON ({exc})") from None
     if meta.get("format") != FORMAT:
@@ -99,7 +99,7 @@ def localiser_checksum(path: str | os.PathLike[str]) -> str:
     p = Path(path)
     folder = p.parent if p.name == META_FILE else p
     try:
-        return str(json.loads((folder / META_FILE).read_text())["weights_sha256"])
+        return str(json.loads((folder / META_FILE).read_text(encoding="utf-8"))["weights_sha256"])
     except (OSError, ValueError, KeyError):
         raise LocaliserError(f"localiser {folder}: no readable {META_FILE}") from None
 

@@ -174,7 +174,7 @@ def write_outputs(out: Path, cases: list[CaseSpec]) -> tuple[list[dict], dict | 
         p = out / ANSWERS / f"{c.case_id}.json"
         if not p.exists():
             continue
-        a = json.loads(p.read_text())
+        a = json.loads(p.read_text(encoding="utf-8"))
         row = {"case_id": c.case_id, "label": c.label, "probability": a["probability"], "predicted": a["label"],
                "threshold": a["threshold"], "model_checksum": a["model"]["checksum"]}
         for f in a.get("folds", []):

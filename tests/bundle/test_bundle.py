@@ -45,14 +45,14 @@ def test_export_writes_the_documented_layout(tiny_bundle, tiny_run):
     def no_nan(c):
         raise AssertionError(f"bundle.json holds {c}: not strict JSON")
 
-    meta = json.loads((tiny_bundle / "bundle.json").read_text(), parse_constant=no_nan)
+    meta = json.loads((tiny_bundle / "bundle.json").read_text(encoding="utf-8"), parse_constant=no_nan)
     assert meta["format"] == "distmsfa-bundle/1" and meta["folds"] == [0, 1] and meta["checkpoint"] == "selected"
-    run_summary = json.loads((tiny_run / "summary.json").read_text())
+    run_summary = json.loads((tiny_run / "summary.json").read_text(encoding="utf-8"))
     assert meta["run_summary"]["folds"].keys() == run_summary["folds"].keys()
     # same policy as the run (youden): the bundle's CV metrics are the run's summary
     assert meta["cv_metrics"]["mean"] == pytest.approx(run_summary["mean"], nan_ok=True)
     assert meta["cv_metrics"]["threshold"] == pytest.approx(run_summary["threshold"])
-    best = {f: json.loads((tiny_run / "folds" / f"fold{f}" / "result.json").read_text())["best_epoch"] for f in (0, 1)}
+    best = {f: json.loads((tiny_run / "folds" / f"fold{f}" / "result.json").read_text(encoding="utf-8"))["best_epoch"] for f in (0, 1)}
     assert meta["checkpoint_epochs"] == {str(f): e for f, e in best.items()}
     assert meta["model"] == {"name": "msfanet", "model_cfg": {"preset": "tiny"}}
     assert "OPTIMISTIC" in meta["selection"] and "OPTIMISTIC" in meta["cv_metrics"]["estimate"]
@@ -66,9 +66,9 @@ def test_export_writes_the_documented_layout(tiny_bundle, tiny_run):
     assert meta["threshold"]["value"] == pytest.approx(youden_threshold(oof["label"], oof["prob"]))
     assert meta["cv_metrics"]["pooled_oof"]["auc"] == pytest.approx(
         binary_metrics(oof["label"], oof["prob"], meta["threshold"]["value"])["auc"])
-    sums = json.loads((tiny_bundle / "checksums.json").read_text())
+    sums = json.loads((tiny_bundle / "checksums.json").read_text(encoding="utf-8"))
     assert sorted(sums) == [f for f in files if f != "checksums.json"]
-    card = (tiny_bundle / "MODEL_CARD.md").read_text()
+    card = (tiny_bundle / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "Research use only" in card and "OPTIMISTIC" in card and f"{meta['threshold']['value']:.3f}" in card
     assert verify_bundle(tiny_bundle) == meta
 
@@ -157,7 +157,7 @@ def test_a_pickle_listed_in_the_manifest_is_still_refused(copy):
     from distmsfa.bundle.layout import sha256_file
 
     (copy / "evil.pkl").write_bytes(pickle.dumps({"x": 1}))
-    sums = json.loads((copy / "checksums.json").read_text())
+    sums = json.loads((copy / "checksums.json").read_text(encoding="utf-8"))
     sums["evil.pkl"] = sha256_file(copy / "evil.pkl")
     (copy / "checksums.json").write_text(json.dumps(sums))
     _refused(copy, "evil.pkl", "foreign")
@@ -171,7 +171,7 @@ def test_a_broken_or_missing_manifest_is_refused(copy):
 
 
 def test_an_edited_bundle_json_is_refused(copy):
-    meta = json.loads((copy / "bundle.json").read_text())
+    meta = json.loads((copy / "bundle.json").read_text(encoding="utf-8"))
     meta["threshold"]["value"] = 0.01
     (copy / "bundle.json").write_text(json.dumps(meta))
     _refused(copy, "bundle.json", "altered")
@@ -195,7 +195,7 @@ def test_export_refuses_and_force(tiny_run, tiny_bundle, tmp_path):
         export_bundle(tmp_path / "notabundle", tmp_path / "b")
     out = export_bundle(tiny_run, tmp_path / "b", threshold_policy="fixed")
     again = export_bundle(tiny_run, out, force=True)
-    assert json.loads((again / "bundle.json").read_text())["threshold"]["policy"] == "youden"
+    assert json.loads((again / "bundle.json").read_text(encoding="utf-8"))["threshold"]["policy"] == "youden"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
@@ -254,7 +254,7 @@ def test_weights_that_do_not_fit_the_recorded_model_are_refused(copy):
     """A self-consistent bundle (checksums rewritten) whose bundle.json names another model config."""
     from distmsfa.bundle.layout import write_checksums
 
-    meta = json.loads((copy / "bundle.json").read_text())
+    meta = json.loads((copy / "bundle.json").read_text(encoding="utf-8"))
     meta["model"]["model_cfg"] = {"preset": "tiny", "widths": [8, 16, 32, 64]}
     (copy / "bundle.json").write_text(json.dumps(meta))
     write_checksums(copy)

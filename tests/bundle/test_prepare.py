@@ -96,7 +96,7 @@ def test_dataset_differences(syn, pred, tmp_path):
     assert pred.dataset_differences(data) == []
     other = tmp_path / "other"
     other.mkdir()
-    fp = json.loads((data / "fingerprint.json").read_text())
+    fp = json.loads((data / "fingerprint.json").read_text(encoding="utf-8"))
     fp["params"]["crop_size"] = [8, 32, 32]
     fp["params"]["resolved_spacing_dhw"] = [4.0, 0.5, 0.5]
     (other / "fingerprint.json").write_text(json.dumps(fp))

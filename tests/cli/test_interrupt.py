@@ -92,7 +92,7 @@ def _interrupt(cmd: list[str], env: dict, mark: str, ready, sig: int, group: boo
         exit_s = time.monotonic() - t0
     print(f"{next(a for a in cmd[3:] if not a.startswith('-'))}: {signal.Signals(sig).name} -> exit {proc.returncode} "
           f"after {exit_s:.2f} s")
-    return {"rc": proc.returncode, "exit_s": exit_s, "err": err, "out": log.read_text(), "n_ray_procs": len(ray_procs)}
+    return {"rc": proc.returncode, "exit_s": exit_s, "err": err, "out": log.read_text(encoding="utf-8"), "n_ray_procs": len(ray_procs)}
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def _cv_cmd(cohort, run: Path, verbose: bool = False) -> list[str]:
 
 
 def _lines(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()] if path.exists() else []
 
 
 @pytest.mark.parametrize("sig,code,group,verbose", [(signal.SIGINT, 130, True, False),  # Ctrl-C: the whole group
@@ -164,7 +164,7 @@ def test_cv_interrupted_stops_cleanly_and_the_printed_command_resumes_it(cohort,
 
     for f in (0, 1):
         fold_dir = run / "folds" / f"fold{f}"
-        result = json.loads((fold_dir / "result.json").read_text())
+        result = json.loads((fold_dir / "result.json").read_text(encoding="utf-8"))
         if before[f]:  # it continued from its committed checkpoint, not from epoch 0
             assert result["resumed_epochs"], f"fold {f} had a checkpoint but started again"
             assert sum(1 for e in _lines(fold_dir / "metrics.jsonl") if e["epoch"] == 0) == 1

@@ -43,7 +43,7 @@ def test_index_folds_and_fingerprint(cohort, tmp_path):
     # Axial T1 (c01 c02 c04 c05 c07 c08): D=4, H=8 or 9 (z), W=4; coronal T1 (c00 c03 c06 c09):
     # slices along A-P, so D=8 or 9, H=4, W=4.  Medians: D=4, H=8, W=4 (the raw x,y,z headers
     # would give 4, 4, 8.5).
-    fp = json.loads((out / "fingerprint.json").read_text())
+    fp = json.loads((out / "fingerprint.json").read_text(encoding="utf-8"))
     assert fp["dataset"]["t1"]["n"] == 10
     assert tuple(rep.spacing_dhw) == (4.0, 8.0, 4.0)
     assert tuple(fp["dataset"]["t1"]["median_spacing_dhw"]) == (4.0, 8.0, 4.0)

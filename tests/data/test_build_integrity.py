@@ -401,7 +401,7 @@ def test_demo_data_never_deletes_what_it_did_not_write(tmp_path):
     note.write_text("my reading of this case")
     res = cli("demo-data", "--out", out, "--n", "1", "--sites", "TAH", "--quiet")
     assert res.exit_code == 2 and "cases/SIJ0001/notes.txt in --out was not written by demo-data" in res.output
-    assert note.read_text() == "my reading of this case" and (out / "cases" / "SIJ0001" / "t1.nii.gz").exists()
+    assert note.read_text(encoding="utf-8") == "my reading of this case" and (out / "cases" / "SIJ0001" / "t1.nii.gz").exists()
     note.unlink()
     res = cli("demo-data", "--out", out, "--n", "1", "--sites", "TAH", "--quiet")
     assert res.exit_code == 0, res.output

@@ -38,7 +38,7 @@ def test_manifest_contract_and_files(cohort):
     for col in ("t1", "fs", "roi", "lesion"):
         assert not df[col].str.startswith("/").any(), "paths are relative to the manifest folder"
         assert all((out / p).is_file() for p in df[col])
-    meta = json.loads((out / "cohort.json").read_text())
+    meta = json.loads((out / "cohort.json").read_text(encoding="utf-8"))
     assert meta["external_site"] == "NHH" and meta["seed"] == 3 and meta["sites"] == ["TAH", "NHH"]
     assert {s["name"] for s in meta["config"]["sites"]} >= {"TAH", "NHH"}
     assert meta["lesion_codes"] == LESION_CODES
@@ -110,8 +110,8 @@ def test_deterministic_for_a_seed_and_worker_count(tmp_path):
     a = generate_cohort(tmp_path / "a", n=4, seed=7, progress=False)
     b = generate_cohort(tmp_path / "b", n=4, seed=7, progress=False, workers=2)
     c = generate_cohort(tmp_path / "c", n=4, seed=8, progress=False)
-    assert a.read_text() == b.read_text()
-    assert (tmp_path / "a/truth.csv").read_text() == (tmp_path / "b/truth.csv").read_text()
+    assert a.read_text(encoding="utf-8") == b.read_text(encoding="utf-8")
+    assert (tmp_path / "a/truth.csv").read_text(encoding="utf-8") == (tmp_path / "b/truth.csv").read_text(encoding="utf-8")
     differs = False
     for row in pd.read_csv(a).itertuples():
         for col in ("t1", "fs", "roi", "lesion"):
@@ -196,7 +196,7 @@ def test_bad_arguments_say_how_to_fix(tmp_path):
     (tmp_path / "user" / "precious.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not empty"):
         generate_cohort(tmp_path / "user", n=4, progress=False)
-    assert (tmp_path / "user" / "precious.txt").read_text() == "keep me"
+    assert (tmp_path / "user" / "precious.txt").read_text(encoding="utf-8") == "keep me"
 
 
 def test_cli_demo_data(tmp_path):
@@ -213,11 +213,11 @@ def test_cli_demo_data(tmp_path):
     assert res.exit_code == 0, res.output
     df = pd.read_csv(tmp_path / "d" / "manifest.csv")
     assert len(df) == 3 and set(df.site) <= {"TAH", "SZH"}
-    meta = json.loads((tmp_path / "d" / "cohort.json").read_text())
+    meta = json.loads((tmp_path / "d" / "cohort.json").read_text(encoding="utf-8"))
     assert meta["config"]["label_noise"] == 0 and meta["seed"] == 2
     assert meta["external_site"] is None, "no NHH among the sites: no external site by default"
     res = runner.invoke(app, ["--out", str(tmp_path / "f"), "--n", "3", "--external-site", "TAH", "--quiet"])
-    assert res.exit_code == 0 and json.loads((tmp_path / "f" / "cohort.json").read_text())["external_site"] == "TAH"
+    assert res.exit_code == 0 and json.loads((tmp_path / "f" / "cohort.json").read_text(encoding="utf-8"))["external_site"] == "TAH"
     for args, msg in ((["--profile", "huge"], "profile must be one of demo, clinical"),
                       (["--sites", "TAH,XYZ"], "unknown site 'XYZ'"),
                       (["--format", "png"], "format must be one of nifti, dicom")):
@@ -268,7 +268,7 @@ def test_yaml_config_with_a_custom_site(tmp_path):
                                    "--external-site", "GZH", "--config", str(tmp_path / "c.yaml"),
                                    "--lesion-size", "1.1", "--quiet"])
     assert res.exit_code == 0, res.output
-    meta = json.loads((tmp_path / "d" / "cohort.json").read_text())
+    meta = json.loads((tmp_path / "d" / "cohort.json").read_text(encoding="utf-8"))
     assert meta["config"]["lesion_size"] == 1.1 and meta["config"]["label_noise"] == 0.0
     assert meta["external_site"] == "GZH"
     gzh = pd.read_csv(tmp_path / "d" / "manifest.csv").query("site == 'GZH'").iloc[0]

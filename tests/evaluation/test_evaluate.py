@@ -31,7 +31,7 @@ def test_external_predictions_equal_the_cv_runs_fold_ensemble(bundle, two_runs, 
     assert list(pred["case_id"]) == list(cv_ext["case_id"])
     np.testing.assert_allclose(pred["prob"], cv_ext["prob"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pred["prob"], pred[["prob_fold0", "prob_fold1"]].mean(axis=1), rtol=1e-6)
-    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text(encoding="utf-8"))
     assert m["split"] == "external" and m["n_labelled"] == 6 and "DeLong" in m["ci"]
     for k in ("auc", "acc", "sen", "spec", "f1", "brier"):
         v = m["metrics"][k]

@@ -18,9 +18,9 @@ def test_paper_runs_each_model_reuses_finished_runs_and_reports(tiny_data, tmp_p
                     plain=True, gradcam=False, log=logs.append)
     assert rec["finished"] == ["msfanet", "baseline_t1"]
     assert all(run_state(tmp_path / "p" / "runs" / m) == "done" for m in rec["finished"])
-    t6 = (tmp_path / "p" / "report" / "tables" / "table6.csv").read_text()
+    t6 = (tmp_path / "p" / "report" / "tables" / "table6.csv").read_text(encoding="utf-8")
     assert "baseline_t1" in t6 and "msfanet" in t6
-    summary = json.loads((tmp_path / "p" / "runs" / "baseline_t1" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "p" / "runs" / "baseline_t1" / "summary.json").read_text(encoding="utf-8"))
     assert summary["external"]["n_cases"] == 6
     # a second call reuses both runs (no training) and rewrites the report
     mtime = (tmp_path / "p" / "runs" / "msfanet" / "summary.json").stat().st_mtime

@@ -26,7 +26,7 @@ def report(two_runs, tmp_path_factory):
 
 
 def test_tables_equal_the_runs_summaries(two_runs, report):
-    s = {m: json.loads((p / "summary.json").read_text()) for m, p in zip(("msfanet", "baseline"), two_runs)}
+    s = {m: json.loads((p / "summary.json").read_text(encoding="utf-8")) for m, p in zip(("msfanet", "baseline"), two_runs)}
     allruns = pd.read_csv(report.out / "tables" / "runs.csv")
     for _, row in allruns.iterrows():
         for k in ("auc", "acc", "sen", "spec", "f1"):
@@ -47,7 +47,7 @@ def test_p_values_are_the_named_tests(two_runs, report):
     t = pd.read_csv(report.out / "tables" / "runs.csv")
     base = t[t["model"] == "baseline"].iloc[0]
     assert t[t["model"] == "msfanet"].iloc[0]["p (paired t-test over folds (AUC), Holm)"] == "reference"
-    sa, sb = (json.loads((p / "summary.json").read_text()) for p in two_runs)
+    sa, sb = (json.loads((p / "summary.json").read_text(encoding="utf-8")) for p in two_runs)
     folds = sorted(sa["folds"])
     want_t = sps.ttest_rel([sa["folds"][f]["auc"] for f in folds], [sb["folds"][f]["auc"] for f in folds]).pvalue
     assert base["p_ttest_raw"] == pytest.approx(want_t, nan_ok=True)
@@ -56,7 +56,7 @@ def test_p_values_are_the_named_tests(two_runs, report):
     want_d = delong_paired_test(m["label_a"], m["prob_a"], m["prob_b"])[3]
     assert base["p_delong_raw"] == pytest.approx(want_d)
     assert base["p_delong_holm"] == pytest.approx(want_d)  # one comparison: Holm leaves it
-    md = (report.out / "report.md").read_text()
+    md = (report.out / "report.md").read_text(encoding="utf-8")
     assert "paired DeLong (pooled out-of-fold AUC), Holm" in md and "Zou" in md
 
 
@@ -67,8 +67,8 @@ def test_figures_are_real_pngs_and_the_html_is_self_contained(report):
     assert any(n.startswith("fig5_gradcam_") for n in names) and any(n.startswith("curves_") for n in names)
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png_is_not_blank(p), p
-    assert (report.out / "figures" / "fig4_runs.svg").read_text().lstrip().startswith("<?xml")
-    html = (report.out / "report.html").read_text()
+    assert (report.out / "figures" / "fig4_runs.svg").read_text(encoding="utf-8").lstrip().startswith("<?xml")
+    html = (report.out / "report.html").read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") == len([p for p in pngs if not p.name.startswith("localisation")])
     assert "src='figures" not in html and "inner-split selection" in html
 
@@ -141,4 +141,4 @@ def test_localisation_section_uses_lesion_masks_on_the_crop_grid(two_runs, tiny_
     for s in list(loc["branches"].values()) + [loc["uniform"], loc["random_blobs"]]:
         assert 0.0 <= s["pointing"] <= 1.0 and 0.0 <= s["energy"] <= 1.0
     assert png_is_not_blank(rep.out / "figures" / "localisation.png")
-    assert "pointing game" in (rep.out / "report.md").read_text()
+    assert "pointing game" in (rep.out / "report.md").read_text(encoding="utf-8")

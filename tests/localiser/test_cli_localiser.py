@@ -25,7 +25,7 @@ def test_localiser_train_cli_cross_validates_on_dataset_folds(cohort, tiny_cfg, 
     res = CliRunner().invoke(app, ["localiser", "train", "--data", str(ds), "--manifest", str(cohort), "--out", str(out),
                                    "--epochs", "1", "--config", str(cfg), "--no-progress"])
     assert res.exit_code == 0, res.output
-    m = json.loads((out / "cv_metrics.json").read_text())
+    m = json.loads((out / "cv_metrics.json").read_text(encoding="utf-8"))
     assert m["fold_source"] == "folds.parquet" and sorted(m["folds"]) == ["0", "1"]
     for s in m["folds"].values():
         assert {"dice_left", "dice_right", "err_left_mm", "err_right_mm", "err_roi_mm", "err_centre_baseline_mm"} <= set(s)
@@ -36,7 +36,7 @@ def test_localiser_train_cli_cross_validates_on_dataset_folds(cohort, tiny_cfg, 
     ext = cases[cases["fold"] == "external"]
     assert len(ext) and set(ext["site"]) == {"NHH"} and m["external"]["n"] == len(ext)
     assert "| fold 0 |" in res.output and "centre-of-image baseline" in res.output
-    meta = json.loads((out / "localiser.json").read_text())
+    meta = json.loads((out / "localiser.json").read_text(encoding="utf-8"))
     assert meta["cv"]["pooled"]["n"] == len(oof) and meta["train"]["n_cases"] == m["n_train_final"]
 
 

@@ -47,7 +47,7 @@ def test_saved_localiser_is_data_and_round_trips(trained):
     again = load_localiser(folder)
     x = held_out[0].coarse.x
     np.testing.assert_allclose(again.probabilities(x), loc.probabilities(x), atol=1e-6)
-    meta = json.loads((folder / "localiser.json").read_text())
+    meta = json.loads((folder / "localiser.json").read_text(encoding="utf-8"))
     assert meta["config"]["grid_size_dhw"] == list(loc.cfg.grid_size_dhw)
     w = folder / "weights.safetensors"
     data = bytearray(w.read_bytes())

@@ -71,7 +71,7 @@ def test_benchmark_script_writes_json(tmp_path):
                     "--models", "msfanet", "--reference", "--modes", "fp32/ncdhw", "--iters", "1", "--warmup", "0",
                     "--threads", "1", "--set", "msfanet@h2:attn_heads=2", "--out", str(out)],
                    check=True, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
-    report = json.loads(out.read_text())
+    report = json.loads(out.read_text(encoding="utf-8"))
     assert report["complete"] and {r["model"] for r in report["results"]} == {"reference", "msfanet", "msfanet@h2"}
     for r in report["results"]:
         assert r["samples_per_s"] > 0 and r["peak_mem_mib"] >= 0, r

@@ -37,8 +37,8 @@ def test_deploy_files_validate_against_serve_schema_and_settings():
 
     from distmsfa.serving.settings import ServeSettings
 
-    plain = yaml.safe_load((REPO / "deploy" / "serve.yaml").read_text())
-    rs = yaml.safe_load((REPO / "deploy" / "rayservice.yaml").read_text())
+    plain = yaml.safe_load((REPO / "deploy" / "serve.yaml").read_text(encoding="utf-8"))
+    rs = yaml.safe_load((REPO / "deploy" / "rayservice.yaml").read_text(encoding="utf-8"))
     assert rs["apiVersion"] == "ray.io/v1" and rs["kind"] == "RayService"
     inner = yaml.safe_load(rs["spec"]["serveConfigV2"])
     for cfg in (plain, inner):

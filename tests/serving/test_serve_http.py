@@ -302,7 +302,7 @@ def test_score_over_http_equals_offline_metrics(server, predictor, syn_cases, tm
     ref_probs = [_in_process(predictor, _parts(r))["probability"] for r in rows]
     assert np.allclose(pred.set_index("case_id").loc[[r["case_id"] for r in rows], "probability"], ref_probs, atol=1e-5)
     offline = metrics_with_ci([r["label"] for r in rows], ref_probs, predictor.threshold)
-    served = json.loads((out / "metrics.json").read_text())["metrics"]
+    served = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["metrics"]
     for k in ("auc", "acc", "sen", "spec", "f1"):
         for q in ("value", "lo", "hi"):
             a, b = served[k][q], offline[k][q]

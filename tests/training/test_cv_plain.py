@@ -47,7 +47,7 @@ def test_cli_plain_run_writes_the_documented_layout(synthetic_dataset, cfg_file,
     assert res.exit_code == 0, res.output
     assert "mean ± std" in res.output and "AUC" in res.output
 
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert summary["threshold_policy"] == "youden" and 0 < summary["threshold"] <= 1
     assert set(summary["folds"]) == {"0", "1"} and summary["folds_done"] == [0, 1]
     for k in ("auc", "acc", "sen", "spec", "f1"):

@@ -43,7 +43,7 @@ def test_cv_submitted_as_a_ray_job_to_a_two_node_cluster(two_node_cluster, synth
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in (proc.stdout + proc.stderr).lower()
 
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert sorted(int(f) for f in summary["folds"]) == [0, 1]
     for k in (0, 1):
         assert (run / "folds" / f"fold{k}" / "result.json").exists()
@@ -58,7 +58,7 @@ def test_cv_submitted_as_a_ray_job_to_a_two_node_cluster(two_node_cluster, synth
     assert sorted(nodes.values()) == [False, True], nodes
     used = set()
     for k in (0, 1):
-        starts = [json.loads(x) for x in (run / "folds" / f"fold{k}" / "timeline.jsonl").read_text().splitlines()
+        starts = [json.loads(x) for x in (run / "folds" / f"fold{k}" / "timeline.jsonl").read_text(encoding="utf-8").splitlines()
                   if '"worker_start"' in x]
         assert starts and all(s["node_id"] in nodes for s in starts), (starts, nodes)
         used |= {s["node_id"] for s in starts}

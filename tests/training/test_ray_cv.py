@@ -29,7 +29,7 @@ COMPARE = ("train_loss", "val_loss", "val_auc", "val_acc", "val_sen", "val_spec"
 def _lines(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
 def _timeline(fold_dir: Path) -> dict[str, float]:
@@ -84,7 +84,7 @@ def test_killed_worker_resumes_its_fold_from_its_checkpoint(synthetic_dataset, r
         while time.time() < deadline:
             done = _lines(fold_dir / "metrics.jsonl")
             if done:
-                pid = int((fold_dir / "worker_pids.txt").read_text().split()[-1])
+                pid = int((fold_dir / "worker_pids.txt").read_text(encoding="utf-8").split()[-1])
                 os.kill(pid, signal.SIGKILL)
                 killed.update(pid=pid, epochs_done=len(done))
                 return
@@ -96,9 +96,9 @@ def test_killed_worker_resumes_its_fold_from_its_checkpoint(synthetic_dataset, r
     res = run_cv(synthetic_dataset, "msfanet", profile="cpu", folds=[0], out=run, overrides=ov, progress=False)
     th.join(5)
     assert killed, "the worker was never seen reporting an epoch"
-    pids = [int(p) for p in (fold_dir / "worker_pids.txt").read_text().split()]
+    pids = [int(p) for p in (fold_dir / "worker_pids.txt").read_text(encoding="utf-8").split()]
     assert killed["pid"] in pids and len(set(pids)) == 2  # Ray Train started a new worker
-    result = json.loads((fold_dir / "result.json").read_text())
+    result = json.loads((fold_dir / "result.json").read_text(encoding="utf-8"))
     # restarted from the last checkpoint committed before the kill (an epoch is written to
     # metrics.jsonl only after its checkpoint is committed), not from epoch 0 or an older one
     resumed = result["resumed_epochs"]
@@ -130,12 +130,12 @@ def test_killed_driver_run_continues_with_resume(synthetic_dataset, ray_cluster,
             if any(_lines(run / "folds" / f"fold{f}" / "metrics.jsonl") for f in (0, 1)):
                 break
             time.sleep(0.05)
-        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert proc.poll() is None, (tmp_path / "first.log").read_text(encoding="utf-8")[-3000:]
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     assert not (run / "summary.json").exists()
     old = [int(p) for f in (0, 1) if (run / "folds" / f"fold{f}" / "worker_pids.txt").exists()
-           for p in (run / "folds" / f"fold{f}" / "worker_pids.txt").read_text().split()]
+           for p in (run / "folds" / f"fold{f}" / "worker_pids.txt").read_text(encoding="utf-8").split()]
     deadline = time.time() + 60  # Ray tears down the dead driver's controllers and workers
     while time.time() < deadline and any(psutil.pid_exists(p) for p in old):
         time.sleep(0.2)
@@ -144,12 +144,12 @@ def test_killed_driver_run_continues_with_resume(synthetic_dataset, ray_cluster,
 
     done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=400, cwd=REPO)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert summary["folds_done"] == [0, 1]
     resumed = []
     for f in (0, 1):
         fold_dir = run / "folds" / f"fold{f}"
-        result = json.loads((fold_dir / "result.json").read_text())
+        result = json.loads((fold_dir / "result.json").read_text(encoding="utf-8"))
         assert result["epochs_run"] == 4
         log = pd.DataFrame(_lines(fold_dir / "metrics.jsonl"))
         assert sorted(log["epoch"].unique()) == [0, 1, 2, 3]
@@ -202,7 +202,7 @@ def test_cv_run_inside_a_tune_trial_reports_the_fold_mean_every_epoch(tiny_datas
     assert res.error is None, res.error
     hist = res.metrics_dataframe
     assert list(hist["epoch"]) == [0, 1]
-    summary = json.loads((tmp_path / "cv" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "cv" / "summary.json").read_text(encoding="utf-8"))
     assert summary["folds_done"] == [0, 1]
     folds = [pd.read_csv(tmp_path / "cv" / "folds" / f"fold{f}" / "history.csv") for f in (0, 1)]
     for e in (0, 1):

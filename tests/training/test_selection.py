@@ -110,7 +110,7 @@ def test_cv_summary_labels_every_estimate_and_scores_the_external_site(tiny_data
     con = Console(record=True, width=200)
     res = run_cv(tiny_dataset, "msfanet", profile="cpu", out=tmp_path / "run", plain=True, progress=False,
                  overrides={"epochs": 2, "num_threads": 1, "inner_fraction": 0.25}, console=con)
-    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    s = json.loads((tmp_path / "run" / "summary.json").read_text(encoding="utf-8"))
     assert s["selection"] == "inner" and s["estimate"] == "inner" and "honest" in s["estimate_label"]
     assert set(s["estimates"]) == {"best_val", "last", "inner"}
     assert "OPTIMISTIC" in s["estimates"]["best_val"]["label"]
