@@ -82,6 +82,11 @@ PRESETS = {
     "default": {},
     # For CPU tests and the demo: ~60k parameters, seconds per epoch at (8, 48, 64).
     "tiny": {"widths": (4, 8, 16, 16), "attn_dim": 16, "attn_heads": 1},
+    # The demo crop (8, 48, 64) at 5 x 2.5 x 2.5 mm: the sequences meet at stride (2, 4, 4),
+    # tokens 10 mm apart (768 of them), so a 7-20 mm lesion spans several tokens instead of
+    # ~one at the default strides' (2, 8, 8) (docs/models.md, "The demo preset").
+    "demo": {"widths": (8, 16, 24, 24), "strides": ((1, 2, 2), (2, 2, 2), (1, 1, 1), (1, 2, 2)),
+             "attn_dim": 16, "attn_heads": 1},
 }
 
 
