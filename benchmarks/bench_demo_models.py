@@ -12,7 +12,8 @@ predictions of the honest estimate (MSFANet vs Baseline, Baseline vs the better 
 sequence) and whether the ordering holds.
 
 A run whose folder already holds ``summary.json`` is reused, so runs can be split over
-processes (``--models``/``--seeds``, ``--train-only``) and one last call collects::
+processes (``--models``/``--seeds``/``--folds``, ``--train-only``) and one last call
+(``--collect-only``: trains nothing, lists unfinished folds as in progress) collects::
 
     python benchmarks/bench_demo_models.py --work benchmarks/out/demo_models \\
         --seeds 0 --out benchmarks/results/demo_models_cpu_2core.json
@@ -65,10 +66,26 @@ def collect(model_dir: Path, folds: list[int]) -> tuple[dict, "object"]:
     from distmsfa.training.config import TrainConfig
     from distmsfa.training.report import summarize_run
 
-    done = {k: out_files.read_fold(str(model_dir / f"f{k}" / "folds" / f"fold{k}")) for k in folds}
-    tcfg = TrainConfig.from_dict(json.loads((model_dir / f"f{folds[0]}" / "run.json").read_text())["train"])
+    fold_dir = {k: model_dir / f"f{k}" / "folds" / f"fold{k}" for k in folds}
+    finished = [k for k in folds if out_files.fold_done(str(fold_dir[k]))]
+    # Folds still training (the time ran out): how far they got, from their epoch log.
+    in_progress = {}
+    for k in folds:
+        log = fold_dir[k] / "metrics.jsonl"
+        if k not in finished and log.exists():
+            rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            if rows:
+                last = rows[-1]
+                in_progress[str(k)] = {"epochs_done": len(rows), "train_loss_first": rows[0]["train_loss"],
+                                       "train_loss_last": last["train_loss"], "val_auc_last": last["val_auc"],
+                                       "inner_auc_last": last.get("inner_auc"),
+                                       "mean_epoch_s": sum(r["epoch_time_s"] for r in rows) / len(rows)}
+    if not finished:
+        return {"folds_done": [], "in_progress": in_progress}, None
+    done = {k: out_files.read_fold(str(fold_dir[k])) for k in finished}
+    tcfg = TrainConfig.from_dict(json.loads((model_dir / f"f{finished[0]}" / "run.json").read_text())["train"])
     s, oof, _ = summarize_run(done, tcfg.threshold, tcfg.threshold_value, tcfg.selection)
-    walls = [json.loads((model_dir / f"f{k}" / "timing.json").read_text())["wall_s"] for k in folds
+    walls = [json.loads((model_dir / f"f{k}" / "timing.json").read_text())["wall_s"] for k in finished
              if (model_dir / f"f{k}" / "timing.json").exists()]
     epoch_s = [h["epoch_time_s"] for d in done.values() for h in d["history"].to_dict("records")]
     timing = {"wall_s": sum(walls), "mean_epoch_s": sum(epoch_s) / max(1, len(epoch_s))}
@@ -76,7 +93,7 @@ def collect(model_dir: Path, folds: list[int]) -> tuple[dict, "object"]:
                "epochs": {f: m["best_epoch"] for f, m in v["folds"].items()}}
            for k, v in s["estimates"].items()}
     ext = s.get("external", {})
-    out = {"selection": s["selection"], "estimate": s["estimate"], "honest": est.get(s["estimate"]), "estimates": est,
+    out = {"folds_done": finished, "in_progress": in_progress, "selection": s["selection"], "estimate": s["estimate"], "honest": est.get(s["estimate"]), "estimates": est,
            "external": {"mean_auc": ext.get("mean", {}).get("auc"), "std_auc": ext.get("std", {}).get("auc"),
                         "ensemble_auc": ext.get("ensemble", {}).get("auc"), "n_cases": ext.get("n_cases")},
            "wall_s_sum_of_folds": timing["wall_s"], "mean_epoch_s": timing["mean_epoch_s"], "run_dir": str(model_dir)}
@@ -92,6 +109,7 @@ def compare(runs: dict, oofs: dict) -> dict:
         auc_a, auc_b, z, p = delong_paired_test(m["label"], m["prob_a"].to_numpy(), m["prob_b"].to_numpy())
         return {"a": a, "b": b, "auc_a": auc_a, "auc_b": auc_b, "z": z, "p": p, "n": int(len(m))}
 
+    oofs = {k: v for k, v in oofs.items() if v is not None}
     out = {}
     if {"baseline_t1", "baseline_fs"} <= set(oofs):
         single = max(("baseline_t1", "baseline_fs"), key=lambda k: runs[k]["honest"]["pooled_auc"])
@@ -118,6 +136,8 @@ def main() -> None:
     ap.add_argument("--tag", default="cpu", help="run-folder group under --work/runs (one per --train setting)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--train-only", action="store_true")
+    ap.add_argument("--collect-only", action="store_true",
+                    help="train nothing: summarise the finished folds (others are listed as in progress)")
     ap.add_argument("--out", default="benchmarks/out/bench_demo_models.json")
     args = ap.parse_args()
 
@@ -132,7 +152,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     train = json.loads(args.train)
     folds = [int(f) for f in args.folds.split(",")]
-    for seed in seeds:
+    for seed in seeds if not args.collect_only else []:
         for model in models:
             for fold in folds:
                 run_one(data, work / "runs" / args.tag / f"{model}-s{seed}" / f"f{fold}", model, seed, fold, train,
@@ -151,6 +171,7 @@ def main() -> None:
                 "plain path; AUCs of the honest estimate (selection rule), last epoch, best val epoch (optimistic); "
                 "paired DeLong on pooled OOF predictions of the honest estimate",
         "profile_train": profile, "overrides": train, "models": models, "seeds": seeds, "per_seed": per_seed,
+        "complete": all(len(r["folds_done"]) == 4 for v in per_seed.values() for r in v["runs"].values()),
         "ordering_holds_in": sum(bool(v["tests"].get("ordering_holds")) for v in per_seed.values()),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "threads": args.threads, "load_avg_at_end": os.getloadavg(),
@@ -161,10 +182,13 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=2))
     for seed, v in per_seed.items():
         for m, r in v["runs"].items():
+            if not r["folds_done"]:
+                print(f"seed {seed} {m:12s} no fold finished; in progress: {json.dumps(r['in_progress'])}")
+                continue
             h = r["honest"]
             print(f"seed {seed} {m:12s} honest {h['mean_auc']:.3f}±{h['std_auc']:.3f} pooled {h['pooled_auc']:.3f} "
                   f"last {r['estimates']['last']['mean_auc']:.3f} best {r['estimates']['best_val']['mean_auc']:.3f} "
-                  f"ext {r['external']['ensemble_auc']:.3f} epoch {r['mean_epoch_s']:.1f}s")
+                  f"ext {r['external']['ensemble_auc']:.3f} epoch {r['mean_epoch_s']:.1f}s folds {r['folds_done']}")
         print(f"seed {seed} tests {json.dumps(v['tests'])}")
     print(f"wrote {args.out}")
 

@@ -43,3 +43,24 @@ def test_demo_msfanet_attends_over_10mm_tokens_at_the_demo_crop():
     token_mm = [s * c / n for s, c, n in zip(DEMO_SPACING_MM, crop, (d, h, w))]
     # tiny/default strides put tokens 10 x 20 x 20 mm apart (a 7-20 mm lesion ~ one token)
     assert token_mm == [10.0, 10.0, 10.0], token_mm
+
+
+@pytest.mark.parametrize("pool, expected", [("avg", 1 / 64), ("max", 1.0), ("avgmax", 1 + 1 / 64)])
+def test_head_pooling_keeps_or_dilutes_a_one_voxel_finding(pool, expected):
+    from distmsfa.models.blocks import Head
+
+    head = Head(1, pool=pool)
+    with torch.no_grad():
+        head.fc.weight.fill_(1.0)
+        head.fc.bias.zero_()
+        x = torch.zeros(1, 1, 4, 4, 4)
+        x[0, 0, 1, 2, 3] = 1.0
+        assert float(head(x)) == pytest.approx(expected)
+
+
+def test_msfanet_head_pool_is_checked():
+    from distmsfa.config import ConfigError
+
+    with pytest.raises(ConfigError, match="head_pool"):
+        registry.create_model("msfanet", preset="demo", head_pool="min")
+    assert registry.create_model("baseline_t1", preset="demo", head_pool="max").heads["fuse"].pool == "max"
