@@ -159,7 +159,10 @@ _FAMILIES = {
 
 def _factory(backbone, default, tiny):
     def make(**cfg):
-        return DualBackbone(build_config(DualBackboneConfig, {"default": default, "tiny": tiny}, cfg), backbone)
+        # "demo" (the cpu profile's preset, fitted to MSFANet's stages) is "tiny" for these
+        # standard backbones, so every registered model runs under one profile.
+        presets = {"default": default, "tiny": tiny, "demo": tiny}
+        return DualBackbone(build_config(DualBackboneConfig, presets, cfg), backbone)
 
     return make
 

@@ -44,17 +44,33 @@ class ResBlock3d(nn.Module):
         return self.act(y + self.skip(x))
 
 
-class Head(nn.Module):
-    """Global average pool + linear -> one logit per sample, shape (B,)."""
+HEAD_POOLS = ("avg", "max", "avgmax")
 
-    def __init__(self, cin: int, dropout: float = 0.0) -> None:
+
+class Head(nn.Module):
+    """Global pool + linear -> one logit per sample, shape (B,).
+
+    ``pool``: ``avg`` (the paper's global average pooling), ``max`` (global max: a finding
+    that fills a few voxels of the map is not diluted by the rest of the volume), or
+    ``avgmax`` (both, concatenated: 2 x cin features)."""
+
+    def __init__(self, cin: int, dropout: float = 0.0, pool: str = "avg") -> None:
         super().__init__()
+        if pool not in HEAD_POOLS:
+            raise ValueError(f"head pool must be one of {HEAD_POOLS}, got {pool!r}")
+        self.pool = pool
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.fc = nn.Linear(cin, 1)
+        self.fc = nn.Linear(2 * cin if pool == "avgmax" else cin, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() > 2:
-            x = x.flatten(2).mean(-1)
+            f = x.flatten(2)
+            if self.pool == "avg":
+                x = f.mean(-1)
+            elif self.pool == "max":
+                x = f.amax(-1)
+            else:
+                x = torch.cat([f.mean(-1), f.amax(-1)], 1)
         return self.fc(self.drop(x)).squeeze(-1)
 
 

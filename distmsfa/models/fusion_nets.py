@@ -56,7 +56,12 @@ class FusionNetConfig(Config):
         require(0.0 <= self.dropout < 1.0, n, f"dropout must be in [0, 1), got {self.dropout}")
 
 
-PRESETS = {"default": {}, "tiny": {"widths": (4, 8, 16, 16), "embed_dim": 16}}
+PRESETS = {
+    "default": {},
+    "tiny": {"widths": (4, 8, 16, 16), "embed_dim": 16},
+    # MSFANet's "demo" preset (msfanet.py): same stages, so comparisons stay at equal capacity.
+    "demo": {"widths": (8, 16, 24, 24), "strides": ((1, 2, 2), (2, 2, 2), (1, 1, 1), (1, 2, 2)), "embed_dim": 24},
+}
 
 
 def stages(cin: int, widths, strides, start: int = 0, stop: int = 4) -> nn.ModuleList:

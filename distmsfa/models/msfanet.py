@@ -30,7 +30,7 @@ from torch import nn
 
 from distmsfa.config import Config, require
 from distmsfa.models.base import MultiSequenceModel
-from distmsfa.models.blocks import freeze_lists, Head, ResBlock3d, build_config, check_triples, total_stride
+from distmsfa.models.blocks import HEAD_POOLS, freeze_lists, Head, ResBlock3d, build_config, check_triples, total_stride
 from distmsfa.models.losses import LOSS_KINDS, make_loss
 from distmsfa.models.msfa import MSFA
 from distmsfa.models.registry import register_model
@@ -52,6 +52,7 @@ class MSFANetConfig(Config):
     log_weight_bound: float = 3.0
     prediction: str = "primary"  # primary (fuse head) | mean (of heads)
     dropout: float = 0.0
+    head_pool: str = "avg"  # avg (paper) | max | avgmax: the heads' global pooling (blocks.Head)
 
     def __post_init__(self) -> None:
         n = type(self).__name__
@@ -72,6 +73,7 @@ class MSFANetConfig(Config):
         require(self.log_weight_bound > 0, n, f"log_weight_bound must be > 0, got {self.log_weight_bound}")
         require(self.prediction in ("primary", "mean"), n, f"prediction must be 'primary' or 'mean', got {self.prediction!r}")
         require(0.0 <= self.dropout < 1.0, n, f"dropout must be in [0, 1), got {self.dropout}")
+        require(self.head_pool in HEAD_POOLS, n, f"head_pool must be one of {HEAD_POOLS}, got {self.head_pool!r}")
 
     @property
     def total_stride(self) -> tuple[int, int, int]:
@@ -82,6 +84,11 @@ PRESETS = {
     "default": {},
     # For CPU tests and the demo: ~60k parameters, seconds per epoch at (8, 48, 64).
     "tiny": {"widths": (4, 8, 16, 16), "attn_dim": 16, "attn_heads": 1},
+    # The demo crop (8, 48, 64) at 5 x 2.5 x 2.5 mm: the sequences meet at stride (2, 4, 4),
+    # tokens 10 mm apart (768 of them), so a 7-20 mm lesion spans several tokens instead of
+    # ~one at the default strides' (2, 8, 8) (docs/models.md, "The demo preset").
+    "demo": {"widths": (8, 16, 24, 24), "strides": ((1, 2, 2), (2, 2, 2), (1, 1, 1), (1, 2, 2)),
+             "attn_dim": 16, "attn_heads": 1},
 }
 
 
@@ -106,7 +113,7 @@ class MSFANet(MultiSequenceModel):
             # msfa["t1"]: queries from T1, keys/values from FS; msfa["fs"]: the other direction.
             self.msfa = nn.ModuleDict({s: MSFA(w2, cfg.attn_dim, cfg.attn_heads, cfg.alpha_init, cfg.kv_pool) for s in self.sequences})
         self.fuse_block = ResBlock3d(w2 * len(self.sequences), w3, s3)
-        self.heads = nn.ModuleDict({h: Head(w3, cfg.dropout) for h in heads})
+        self.heads = nn.ModuleDict({h: Head(w3, cfg.dropout, cfg.head_pool) for h in heads})
 
     @property
     def head_names(self):

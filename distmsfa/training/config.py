@@ -15,6 +15,7 @@ from distmsfa.config import Config, require
 PRECISIONS = ("auto", "fp32", "bf16")
 THRESHOLD_POLICIES = ("fixed", "youden")
 SELECTIONS = ("inner", "val", "last")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,13 +65,20 @@ class TrainConfig(Config):
     their score is an honest estimate.  ``val``: the best epoch on the fold's own
     validation cases (the paper's procedure; optimistic, the selection saw those labels).
     ``last``: the last epoch.  Whatever the rule, the CV summary also reports the
-    best-validation-epoch (labelled optimistic) and last-epoch estimates."""
+    best-validation-epoch (labelled optimistic) and last-epoch estimates.
+
+    ``lr_schedule``: ``constant`` (the paper) or ``cosine`` (decay to ``lr * min_lr_ratio``
+    by the last epoch); ``warmup_epochs`` of linear warm-up precede either
+    (:mod:`distmsfa.training.schedule`)."""
 
     model: str = "msfanet"
     model_cfg: dict[str, Any] = field(default_factory=dict)
     epochs: int = 300
     batch_size: int = 6
     lr: float = 1e-4
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
+    min_lr_ratio: float = 0.0
     weight_decay: float = 1e-4
     grad_clip: Optional[float] = None
     seed: int = 0
@@ -92,6 +100,10 @@ class TrainConfig(Config):
         require(isinstance(self.batch_size, int) and self.batch_size >= 2, n,
                 f"batch_size={self.batch_size!r} must be an integer >= 2 (BatchNorm needs two cases)")
         require(self.lr > 0, n, f"lr={self.lr} must be > 0 (paper: 1e-4)")
+        require(self.lr_schedule in LR_SCHEDULES, n, f"lr_schedule={self.lr_schedule!r}; use one of {LR_SCHEDULES}")
+        require(isinstance(self.warmup_epochs, int) and 0 <= self.warmup_epochs < self.epochs, n,
+                f"warmup_epochs={self.warmup_epochs!r} must be an integer in [0, epochs={self.epochs})")
+        require(0.0 <= self.min_lr_ratio <= 1.0, n, f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         require(self.weight_decay >= 0, n, f"weight_decay={self.weight_decay} must be >= 0 (paper: 1e-4)")
         require(self.grad_clip is None or self.grad_clip > 0, n, f"grad_clip={self.grad_clip} must be > 0 or null")
         require(self.precision in PRECISIONS, n, f"precision={self.precision!r}; use one of {PRECISIONS}")

@@ -9,6 +9,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Protocol
 
@@ -20,6 +21,7 @@ from distmsfa.evaluation.metrics import binary_metrics
 from distmsfa.training.augment import augment_batch
 from distmsfa.training.batches import Batch, BatchSource
 from distmsfa.training.config import TrainConfig
+from distmsfa.training.schedule import make_scheduler
 
 BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
@@ -247,6 +249,7 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
         seed_everything(cfg.seed)
         model = build_model(cfg, rt)
         optimizer = torch.optim.Adam(model.param_groups(cfg.weight_decay), lr=cfg.lr)
+        scheduler = make_scheduler(optimizer, cfg)
         history: list[dict[str, float]] = []
         best = {"auc": math.nan, "loss": math.inf, "epoch": -1}  # by the fold's validation cases
         best_inner = {"auc": math.nan, "loss": math.inf, "epoch": -1}  # by the inner split
@@ -256,6 +259,13 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
         if resume is not None:
             model.load_state_dict(resume["model"])
             optimizer.load_state_dict(resume["optimizer"])
+            if "scheduler" in resume:
+                scheduler.load_state_dict(resume["scheduler"])
+            else:  # a checkpoint from before schedules: the factor is a function of the epoch
+                with warnings.catch_warnings():  # "step() before optimizer.step()": intended here
+                    warnings.simplefilter("ignore", UserWarning)
+                    for _ in range(int(resume["epoch"]) + 1):
+                        scheduler.step()
             history = list(resume["history"])
             best = dict(resume["best"])
             best_inner = dict(resume.get("best_inner", best_inner))
@@ -272,6 +282,8 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
             torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout etc.: same on resume
             tr = train_epoch(model, optimizer, source.train_batches(epoch), cfg, epoch, rt)
             t_train = time.perf_counter() - t0
+            lr_used = float(optimizer.param_groups[0]["lr"])
+            scheduler.step()  # the next epoch's lr; stepped before the checkpoint below
             ev = evaluate(model, source.val_batches(), rt)
             m = binary_metrics(ev.labels, ev.prob, cfg.threshold_value)
             metrics = {"fold": float(fold), "epoch": float(epoch), **{f"val_{k}": v for k, v in m.items()},
@@ -281,7 +293,7 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
                               what="inner selection (build the source from batches.fold_rows(..., selection='inner'))")
                 im = binary_metrics(iv.labels, iv.prob, cfg.threshold_value)
                 metrics.update({f"inner_{k}": v for k, v in im.items()}, inner_loss=iv.loss)
-            metrics.update({**tr, "lr": float(optimizer.param_groups[0]["lr"]),
+            metrics.update({**tr, "lr": lr_used,
                             "epoch_time_s": time.perf_counter() - t0,
                             "train_samples_per_s": tr["train_samples"] / max(t_train, 1e-9),
                             "resumed_from_epoch": float(resumed_from)})
@@ -301,7 +313,8 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
                 if out_dir and (cfg.selection != "last" or epoch == cfg.epochs - 1):
                     _atomic_save({"model": sel_weights, "epoch": epoch, "metrics": metrics, "config": cfg.to_dict(),
                                   "fold": fold, "selection": cfg.selection}, os.path.join(out_dir, BEST_FILE))
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "epoch": epoch,
                      "history": history, "best": best, "best_inner": best_inner, "preds": preds,
                      "config": cfg.to_dict(), "fold": fold}
             if not out_dir:
