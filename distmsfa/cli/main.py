@@ -11,6 +11,7 @@ from distmsfa.cli import demo_data as _demo_data
 from distmsfa.cli import inspect as _inspect
 from distmsfa.cli import models as _models
 from distmsfa.cli import preprocess as _preprocess
+from distmsfa.cli import tune as _tune
 
 app = typer.Typer(
     name="distmsfa",
@@ -26,6 +27,7 @@ app.command("preprocess")(_preprocess.preprocess)
 app.command("inspect")(_inspect.inspect)
 app.command("models")(_models.models)
 app.command("cv")(_cv.cv)
+app.command("tune")(_tune.tune)
 
 
 if __name__ == "__main__":  # pragma: no cover
