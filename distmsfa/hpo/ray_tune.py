@@ -27,6 +27,7 @@ EXPERIMENT = "tune"
 TRIALS_DIR = "trials"
 STARTS_FILE = "starts.jsonl"
 POINT_FILE = "point.json"
+REPORTS_FILE = "reports.jsonl"
 TRIAL_CONFIG = "config.yaml"
 
 log = logging.getLogger("distmsfa.hpo")
@@ -42,7 +43,6 @@ QUIET_ENV = {
     "RAY_DEDUP_LOGS": "1",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
     "RAY_AIR_NEW_OUTPUT": "0",
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no TensorBoard/CSV/JSON logger warnings
     "RAY_TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "1000",
     "TUNE_WARN_INSUFFICENT_RESOURCE_THRESHOLD_S": "0",
     "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
@@ -160,12 +160,16 @@ def trial_fn(config: dict[str, Any], setup: dict[str, Any]) -> None:
                        "cv_val_loss": agg.mean(e, "val_loss"),
                        OBJECTIVE: objective_value(curve, rank_by, window),
                        **{f"fold{f}_auc": agg.by_epoch[e][f].get("val_auc") for f in folds}}
+            with open(run_dir / REPORTS_FILE, "a", encoding="utf-8") as fh:  # the trial's curve, for the plots
+                fh.write(json.dumps(metrics) + "\n")
             with tempfile.TemporaryDirectory(prefix="distmsfa-trial-") as tmp:
                 Path(tmp, "epoch.json").write_text(json.dumps({"epoch": e}))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
             reported = e
 
     flush()  # epochs every fold finished before a driver kill
+    if (run_dir / "summary.json").exists():
+        return  # the CV finished before the driver was killed (and before Tune saved that): nothing to train
 
     def on_epoch(event: dict[str, Any], _monitor: Any) -> None:
         agg.add(int(event["fold"]), int(event["epoch"]), event)

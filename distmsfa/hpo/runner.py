@@ -46,7 +46,7 @@ class StudyResult:
 
 
 def _records(grid: Any, study: Study, study_dir: Path) -> list[dict[str, Any]]:
-    from distmsfa.hpo.ray_tune import POINT_FILE, TRIALS_DIR
+    from distmsfa.hpo.ray_tune import POINT_FILE, REPORTS_FILE, TRIALS_DIR
     from distmsfa.hpo.space import decode_choice
 
     out = []
@@ -58,9 +58,15 @@ def _records(grid: Any, study: Study, study_dir: Path) -> list[dict[str, Any]]:
         params = {k: decode_choice(v) for k, v in (r.config or {}).items() if k in study.space}
         if (run_dir / POINT_FILE).exists():
             params = json.loads((run_dir / POINT_FILE).read_text())
-        df = r.metrics_dataframe if r.metrics_dataframe is not None else pd.DataFrame()
-        curve = [float(v) for v in df["objective"]] if "objective" in df else []
-        cv_best = float(df["cv_auc"].max()) if "cv_auc" in df and len(df) else float("nan")
+        reps: dict[int, dict] = {}
+        if (run_dir / REPORTS_FILE).exists():  # one line per report; a re-reported epoch keeps its last
+            for line in (run_dir / REPORTS_FILE).read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    rep = json.loads(line)
+                    reps[int(rep["epoch"])] = rep
+        curve = [_f(reps[e].get("objective")) for e in sorted(reps)]
+        cvs = [_f(reps[e].get("cv_auc")) for e in sorted(reps)]
+        cv_best = max((v for v in cvs if not math.isnan(v)), default=float("nan"))
         epochs_run = int(m.get("training_iteration") or 0)
         if r.error is not None:
             status = "ERROR"
@@ -80,6 +86,13 @@ def _records(grid: Any, study: Study, study_dir: Path) -> list[dict[str, Any]]:
             rec["pooled_oof_auc"] = (s.get("pooled_oof") or {}).get("auc")
         out.append(rec)
     return out
+
+
+def _f(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -158,6 +171,9 @@ def tune_study(data: str | os.PathLike[str], out: str | os.PathLike[str], config
     t0 = time.time()
     console = console or Console(stderr=True)
     ray_tune.quiet_ray(verbose)
+    # Tune saves the experiment state at most every 10 s by default; a driver killed in that window
+    # restores a finished trial as unfinished (the trial then only re-reads its results from disk).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     study_dir = Path(out).resolve()
     data = str(data) if "://" in str(data) else os.path.abspath(data)
     stored = study_dir / STUDY_FILE

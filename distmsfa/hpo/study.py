@@ -186,7 +186,8 @@ def load_study(config: str | Path | Mapping[str, Any] | None = None, *, model: O
         raise ConfigError(f"{where}: tune.grace_period ({settings.grace_period}) exceeds train.epochs ({tcfg.epochs}); lower it")
     if len(checked) > settings.num_samples:
         raise ConfigError(f"{where}: {len(checked)} points_to_evaluate but num_samples is {settings.num_samples}; raise num_samples")
-    base = {"train": data["train"], "cv": data["cv"]}
+    # fully resolved: best.yaml and each trial's config.yaml then mean the same under any profile
+    base = {"train": tcfg.to_dict(), "cv": CVConfig.from_dict(data["cv"]).to_dict()}
     return Study(model=model, base=base, space=space, settings=settings, points=checked, source=where)
 
 
