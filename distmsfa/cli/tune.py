@@ -21,6 +21,8 @@ def tune(
     out: Optional[Path] = typer.Option(None, "--out", help="Study folder (default runs/tune; without --data runs/quickstart)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address; default: the job's Ray or a local one."),
     resume: bool = typer.Option(False, "--resume", help="Continue the study in --out (Tuner.restore): finished trials are kept."),
+    auto_resume: bool = typer.Option(False, "--auto-resume", help="Continue the study in --out if there is one, else start it "
+                                                                  "(for a retried cluster job, e.g. a KubeRay RayJob)."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Tune's storage_path (s3://, gs://, NFS; default: the study folder)."),
     num_samples: Optional[int] = typer.Option(None, "--num-samples", min=1, help="Override tune.num_samples."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override train.epochs."),
@@ -30,8 +32,11 @@ def tune(
 ) -> None:
     """Search hyperparameters: each trial a k-fold CV with folds in parallel, ASHA + seeded TPE,
     resumable; writes trials.csv/parquet, plots, best.yaml and the best trial's bundle."""
-    if resume and out is None:
-        fail("--resume needs --out STUDY (the study folder to continue)")
+    if (resume or auto_resume) and out is None:
+        fail("--resume / --auto-resume need --out STUDY (the study folder to continue)")
+    if auto_resume:
+        study_dir = out if data is not None else out / "study"
+        resume = (study_dir / "study.yaml").exists()
     overrides: dict = {}
     if num_samples:
         overrides["tune"] = {"num_samples": num_samples}

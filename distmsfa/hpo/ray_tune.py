@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from ray.tune.search.optuna import OptunaSearch
+
 from distmsfa.hpo.study import OBJECTIVE, Study, default_concurrency, objective_value, trial_footprint
 
 EXPERIMENT = "tune"
@@ -185,41 +187,50 @@ def trial_fn(config: dict[str, Any], setup: dict[str, Any]) -> None:
 
 # --- the searcher -------------------------------------------------------------------------
 
+class PrunedAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna an early-stopped trial as PRUNED.
+
+    Ray's on_trial_complete tells every trial that returned a value COMPLETE, so TPE
+    would treat a trial ASHA stopped after ``grace_period`` epochs as a finished one
+    with that (low, early) value.  A trial that ends without error before ``max_t``
+    iterations was stopped by the scheduler: told PRUNED, Optuna keeps its per-epoch
+    values (``on_trial_result`` reported them) and TPE ranks it below finished trials."""
+
+    def __init__(self, *args: Any, max_t: int, pruned_as: str = "pruned", first_points: Optional[list] = None,
+                 **kwargs: Any) -> None:
+        self._first_points = list(first_points or [])
+        super().__init__(*args, **kwargs)
+        self._max_t = int(max_t)
+        self._pruned_as = pruned_as
+
+    def _setup_study(self, mode: Any) -> None:
+        # Ray's points_to_evaluate must name every search key; Optuna's enqueue_trial takes a
+        # partial point and lets the sampler draw the rest, which is what the study file allows.
+        super()._setup_study(mode)
+        for point in self._first_points:
+            self._ot_study.enqueue_trial(point)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        if (self._pruned_as == "pruned" and not error and result and trial_id in self._ot_trials
+                and trial_id not in self._completed_trials
+                and int(result.get("training_iteration", 0)) < self._max_t):
+            import optuna
+
+            try:
+                self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+            except Exception as exc:  # noqa: BLE001 - as Ray does: a refused tell is a warning
+                log.warning("optuna refused a pruned trial: %s", exc)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+
 def make_searcher(study: Study):
-    from ray.tune.search.optuna import OptunaSearch
-
-    class PrunedAwareOptunaSearch(OptunaSearch):
-        """OptunaSearch that tells Optuna an early-stopped trial as PRUNED.
-
-        Ray's on_trial_complete tells every trial that returned a value COMPLETE, so TPE
-        would treat a trial ASHA stopped after ``grace_period`` epochs as a finished one
-        with that (low, early) value.  A trial that ends without error before ``max_t``
-        iterations was stopped by the scheduler: told PRUNED, Optuna keeps its per-epoch
-        values (``on_trial_result`` reported them) and TPE ranks it below finished trials."""
-
-        def __init__(self, *args: Any, max_t: int, pruned_as: str = "pruned", **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._max_t = int(max_t)
-            self._pruned_as = pruned_as
-
-        def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
-            if (self._pruned_as == "pruned" and not error and result and trial_id in self._ot_trials
-                    and trial_id not in self._completed_trials
-                    and int(result.get("training_iteration", 0)) < self._max_t):
-                import optuna
-
-                try:
-                    self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
-                except Exception as exc:  # noqa: BLE001 - as Ray does: a refused tell is a warning
-                    log.warning("optuna refused a pruned trial: %s", exc)
-                self._completed_trials.add(trial_id)
-                return
-            super().on_trial_complete(trial_id, result=result, error=error)
-
     space = {k: d.to_optuna() for k, d in study.space.items()}
     # metric/mode go to the searcher and the scheduler (one place): OptunaSearch given a space
     # does not take them from TuneConfig.
-    return PrunedAwareOptunaSearch(space=space, metric=OBJECTIVE, mode="max", points_to_evaluate=list(study.points) or None,
+    return PrunedAwareOptunaSearch(space=space, metric=OBJECTIVE, mode="max", first_points=list(study.points),
                                    seed=study.settings.seed, max_t=study.max_t, pruned_as=study.settings.pruned_as)
 
 
