@@ -152,9 +152,11 @@ def trial_fn(config: dict[str, Any], setup: dict[str, Any]) -> None:
     curve = [agg.mean(e, "val_auc") for e in range(reported + 1)]
     epochs, rank_by, window = int(data["train"]["epochs"]), setup["rank_by"], int(setup["smooth_window"])
 
-    def flush() -> None:
+    def flush(final: bool = False) -> None:
+        # The last epoch is reported only once the CV run has written its outputs (final=True):
+        # Tune (ASHA at max_t) may stop the trial's actor as soon as it gets the last result.
         nonlocal reported
-        while agg.ready(reported + 1):
+        while agg.ready(reported + 1) and (reported + 1 < epochs - 1 or final):
             e = reported + 1
             auc = agg.mean(e, "val_auc")
             curve.append(auc)
@@ -162,6 +164,10 @@ def trial_fn(config: dict[str, Any], setup: dict[str, Any]) -> None:
                        "cv_val_loss": agg.mean(e, "val_loss"),
                        OBJECTIVE: objective_value(curve, rank_by, window),
                        **{f"fold{f}_auc": agg.by_epoch[e][f].get("val_auc") for f in folds}}
+            if e == epochs - 1 and (run_dir / "summary.json").exists():
+                summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+                metrics.update(mean_auc_selected=(summary.get("mean") or {}).get("auc"),
+                               pooled_oof_auc=(summary.get("pooled_oof") or {}).get("auc"))
             with open(run_dir / REPORTS_FILE, "a", encoding="utf-8") as fh:  # the trial's curve, for the plots
                 fh.write(json.dumps(metrics) + "\n")
             with tempfile.TemporaryDirectory(prefix="distmsfa-trial-") as tmp:
@@ -169,9 +175,11 @@ def trial_fn(config: dict[str, Any], setup: dict[str, Any]) -> None:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
             reported = e
 
-    flush()  # epochs every fold finished before a driver kill
     if (run_dir / "summary.json").exists():
-        return  # the CV finished before the driver was killed (and before Tune saved that): nothing to train
+        # the CV finished before the driver was killed (and before Tune saved that): nothing to train
+        flush(final=True)
+        return
+    flush()  # epochs every fold finished before a driver kill
 
     def on_epoch(event: dict[str, Any], _monitor: Any) -> None:
         agg.add(int(event["fold"]), int(event["epoch"]), event)
@@ -182,7 +190,7 @@ def trial_fn(config: dict[str, Any], setup: dict[str, Any]) -> None:
     run_cv(setup["data"], setup["model"], {"train": data["train"], "cv": data["cv"]}, profile=setup["profile"],
            out=run_dir, resume=(run_dir / "run.json").exists(), on_epoch=on_epoch, progress=False,
            console=Console(file=open(os.devnull, "w")))
-    flush()
+    flush(final=True)
 
 
 # --- the searcher -------------------------------------------------------------------------

@@ -248,19 +248,26 @@ def tune_study(data: str | os.PathLike[str], out: str | os.PathLike[str], config
 
 
 def final_table(res: StudyResult, study: Study):
+    """Trials best first: id, status, epochs, objective, last CV AUC and the searched values
+    (per-fold AUCs and the rest are in trials.csv)."""
     from rich.table import Table
 
-    t = Table(title=f"study: {len(res.trials)} trials, ranked by {study.settings.rank_by} fold-mean val AUC")
-    cols = ["trial_id", "status", "epochs_run", "objective", *[c for c in res.trials.columns if c.endswith("_auc") and c.startswith("fold")],
-            *study.space]
-    for c in cols:
-        t.add_column(c.split(".", 1)[-1], justify="right")
+    short = {"COMPLETE": "done", "STOPPED": "stopped", "ERROR": "failed", "PENDING": "pending", "RUNNING": "running"}
+    t = Table(title=f"{len(res.trials)} trials, ranked by {study.settings.rank_by} fold-mean val AUC "
+                    f"(per-fold values: trials.csv)")
+    for c in ("trial", "status", "ep", "objective", "CV AUC", *[k.split(".", 1)[1] for k in study.space]):
+        t.add_column(c, justify="right", overflow="fold")
+
+    def fmt(v: Any) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "-"
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
     for _, row in res.trials.iterrows():
-        vals = []
-        for c in cols:
-            v = row.get(c)
-            vals.append("-" if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{v:.3g}" if isinstance(v, float) else str(v)))
-        if row["status"] == "ERROR":
-            vals[1] = f"ERROR: {str(row['error'])[:60]}"
-        t.add_row(*vals)
+        status = short.get(row["status"], str(row["status"]))
+        t.add_row(str(row["trial_id"]), status, str(row["epochs_run"]), fmt(row["objective"]), fmt(row["cv_auc_last"]),
+                  *[fmt(row.get(k)) for k in study.space])
+    failed = res.trials[res.trials["status"] == "ERROR"]
+    if len(failed):
+        t.caption = "; ".join(f"{r.trial_id}: {str(r.error)[:120]}" for r in failed.itertuples())
     return t

@@ -93,7 +93,7 @@ class Study:
 
     @property
     def max_t(self) -> int:
-        return min(self.settings.max_t or self.epochs, self.epochs)
+        return self.epochs  # tune.max_t is null or train.epochs (checked in load_study)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved study file (written to ``STUDY/study.yaml``)."""
@@ -182,6 +182,9 @@ def load_study(config: str | Path | Mapping[str, Any] | None = None, *, model: O
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     checked = check_points(list(settings.points_to_evaluate), space, where=f"{where}: tune.points_to_evaluate")
+    if settings.max_t is not None and settings.max_t != tcfg.epochs:
+        raise ConfigError(f"{where}: tune.max_t ({settings.max_t}) must equal train.epochs ({tcfg.epochs}) or be null: "
+                          f"ASHA stops every trial at max_t, which would cut each CV short; change train.epochs instead")
     if settings.scheduler == "asha" and settings.grace_period > tcfg.epochs:
         raise ConfigError(f"{where}: tune.grace_period ({settings.grace_period}) exceeds train.epochs ({tcfg.epochs}); lower it")
     if len(checked) > settings.num_samples:

@@ -56,6 +56,7 @@ def test_each_bad_search_entry_is_one_line_naming_the_key_and_the_fix(search, wo
     ({"scheduler": "hyperband"}, ["scheduler='hyperband'"]),
     ({"num_samplez": 3}, ["num_samplez", "did you mean 'num_samples'"]),
     ({"num_samples": 2, "grace_period": 9}, ["grace_period (9) exceeds train.epochs (4)"]),
+    ({"num_samples": 2, "grace_period": 1, "max_t": 2}, ["max_t (2) must equal train.epochs (4)"]),
     ({"num_samples": 2, "grace_period": 1, "points_to_evaluate": [{"train.lr": 5.0}]}, ["train.lr=5.0 is outside"]),
     ({"num_samples": 2, "grace_period": 1, "points_to_evaluate": [{"train.wd": 1e-3}]}, ["'train.wd' is not a key of search"]),
     ({"num_samples": 1, "grace_period": 1, "points_to_evaluate": [{"train.lr": 1e-3}, {"train.lr": 2e-3}]},
