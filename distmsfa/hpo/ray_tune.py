@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
 from distmsfa.hpo.study import OBJECTIVE, Study, default_concurrency, objective_value, trial_footprint
@@ -191,6 +192,64 @@ def trial_fn(config: dict[str, Any], setup: dict[str, Any]) -> None:
            out=run_dir, resume=(run_dir / "run.json").exists(), on_epoch=on_epoch, progress=False,
            console=Console(file=open(os.devnull, "w")))
     flush(final=True)
+
+
+# --- resources of stopped trials ----------------------------------------------------------
+
+def release_trial_resources(run_dir: Path) -> list[str]:
+    """Remove the placement groups a trial's fold workers ran in, where still present.
+
+    Placement groups live as long as the job that made them, not the actor: when Tune stops
+    a trial mid-run (ASHA), its actor and the fold trainers' controllers and workers die,
+    but the workers' placement groups stay reserved (Ray issue #54305; Train V2's
+    PlacementGroupCleaner did not remove them here, Ray 2.60) and the next trials' folds
+    wait for CPUs/GPUs that never come back.  Each fold worker records its group's id
+    (``folds/fold<k>/placement_groups.txt``); the study's driver removes them."""
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, placement_group_table
+
+    from distmsfa.training.ray_train import PG_FILE
+
+    removed = []
+    for f in sorted(Path(run_dir).glob(f"folds/fold*/{PG_FILE}")):
+        for hexid in f.read_text(encoding="utf-8").split():
+            pg = PlacementGroup(PlacementGroupID(bytes.fromhex(hexid)))
+            try:
+                state = placement_group_table(pg).get("state")
+                if state not in (None, "REMOVED"):
+                    ray.util.remove_placement_group(pg)
+                    removed.append(hexid)
+            except Exception as exc:  # noqa: BLE001 - a group already gone is fine
+                log.debug("placement group %s: %s", hexid, exc)
+    return removed
+
+
+class ReleaseStoppedTrials(Callback):
+    """Tune callback (driver side): when a trial ends, remove its fold workers' placement
+    groups that are still reserved (see :func:`release_trial_resources`)."""
+
+    def __init__(self, study_dir: str) -> None:
+        self.study_dir = study_dir
+        self.released: dict[str, list[str]] = {}
+
+    def _release(self, trial: Any) -> None:
+        ids = release_trial_resources(Path(self.study_dir) / TRIALS_DIR / trial.trial_id)
+        if ids:
+            self.released.setdefault(trial.trial_id, []).extend(ids)
+            with open(Path(self.study_dir) / TRIALS_DIR / trial.trial_id / "released_placement_groups.txt", "a",
+                      encoding="utf-8") as fh:
+                fh.write("".join(f"{i}\n" for i in ids))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._release(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._release(trial)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        for t in trials:
+            self._release(t)
 
 
 # --- the searcher -------------------------------------------------------------------------

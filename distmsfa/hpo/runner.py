@@ -217,7 +217,8 @@ def tune_study(data: str | os.PathLike[str], out: str | os.PathLike[str], config
         console.print(f"study: {study.settings.num_samples} trials of {len(folds)}-fold CV ({study.model}, {study.epochs} epochs), "
                       f"up to {max_conc} at once (one trial holds {', '.join(f'{v:g} {k}' for k, v in foot.items())}); "
                       f"folder {study_dir}", highlight=False)
-        grid = ray_tune.run_tune(study, setup, exp_dir_str, storage or str(study_dir), resume=resume, callbacks=[live],
+        callbacks = [live, ray_tune.ReleaseStoppedTrials(str(study_dir))]
+        grid = ray_tune.run_tune(study, setup, exp_dir_str, storage or str(study_dir), resume=resume, callbacks=callbacks,
                                  max_concurrent=max_conc)
         records = _records(grid, study, study_dir)
     finally:
