@@ -63,8 +63,12 @@ def quiet_ray(verbose: bool) -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*optuna.*", category=Warning)
-    for name in ("ray", "ray.tune", "ray.train", "ray.data", "ray.air", "ray.util", "optuna"):
+    for name in ("ray", "ray.data", "ray.air", "ray.util", "optuna"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # A failed trial's traceback is in its error.txt and its reason in the live/final table
+    # and trials.csv; Tune's own ERROR log of it would fill the terminal.
+    for name in ("ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         import optuna
 
