@@ -45,7 +45,7 @@ def test_sigkilled_tune_driver_resumes_without_rerunning_finished_trials(tiny_da
 
     with open(tmp_path / "first.log", "wb") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        deadline = time.time() + 480
+        deadline = time.time() + 900
         interrupted = None
         while time.time() < deadline and proc.poll() is None:
             dirs, finished = state()
