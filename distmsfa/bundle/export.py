@@ -133,11 +133,16 @@ def _intensity_stats(data: str, case_ids: list[str]) -> dict[str, Any]:
     index = read_index(data)
     rows = index[index["case_id"].astype(str).isin(set(case_ids))].to_dict("records")
     means = np.array([load_pair(data, r).astype(np.float32).reshape(2, -1).mean(1) for r in rows]) if rows else np.zeros((0, 2))
-    out: dict[str, Any] = {"what": "per-case mean intensity of the prepared crop, over the CV cases"}
+    out: dict[str, Any] = {"what": "per-case mean intensity of the prepared crop, and the fraction of the crop "
+                                   "inside each image's field of view, over the CV cases"}
     for i, seq in enumerate(("t1", "fs")):
         v = means[:, i] if len(means) else np.zeros(0)
         out[seq] = {"n": int(v.size), "mean": float(v.mean()) if v.size else None,
                     "sd": float(v.std(ddof=1)) if v.size > 1 else None}
+        col = f"{seq}_coverage"  # written by build_dataset (absent in hand-made datasets)
+        cov = pd.to_numeric(pd.Series([r.get(col) for r in rows], dtype=object), errors="coerce").dropna()
+        out[seq]["coverage_min"] = float(cov.min()) if len(cov) else None
+        out[seq]["coverage_median"] = float(cov.median()) if len(cov) else None
     return out
 
 
@@ -145,6 +150,8 @@ def _cv_metrics(oof: pd.DataFrame, epochs: dict[int, int], policy: str, fixed: f
     from distmsfa.training.report import summarize
 
     s = summarize(oof, epochs, policy, fixed)
+    for f, row in s["folds"].items():  # summarize's "best_epoch" is the exported checkpoint's epoch here
+        row["checkpoint_epoch"] = row["best_epoch"]
     s["estimate"] = SELECTED_LABEL if checkpoint == "selected" else LAST_LABEL
     s["how"] = ("each fold's model scored on its own validation fold (out-of-fold); mean ± std (ddof=1) over "
                 "folds and pooled over all out-of-fold cases, at the bundle's threshold")
@@ -152,6 +159,16 @@ def _cv_metrics(oof: pd.DataFrame, epochs: dict[int, int], policy: str, fixed: f
         s["threshold_note"] = ("the Youden threshold was chosen on these same out-of-fold predictions: ACC/SEN/SPEC/F1 "
                                "here are optimistic for that reason too; AUC does not depend on it")
     return s
+
+
+def _run_summary(run_dir: Path) -> Any:
+    """The run's own summary.json as it is (whatever estimates the run recorded), or None."""
+    from distmsfa.training.cv import SUMMARY_FILE
+
+    try:
+        return json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def _prepare_out(out: Path, force: bool) -> None:
@@ -180,9 +197,9 @@ def export_bundle(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     from distmsfa.training.loop import BEST_FILE, LAST_FILE, resolve_runtime
 
     if checkpoint not in CHECKPOINTS:
-        raise BundleError(f"checkpoint={checkpoint!r}; use one of {CHECKPOINTS}")
+        raise BundleError(f"checkpoint {checkpoint!r}: use one of {', '.join(CHECKPOINTS)} (--checkpoint)")
     if threshold_policy not in THRESHOLD_POLICIES:
-        raise BundleError(f"threshold policy {threshold_policy!r}; use one of {THRESHOLD_POLICIES}")
+        raise BundleError(f"threshold policy {threshold_policy!r}: use one of {', '.join(THRESHOLD_POLICIES)} (--threshold)")
     run_dir = Path(run_dir).resolve()
     out = Path(out).resolve()
     rec = _read_run(run_dir)
@@ -234,6 +251,7 @@ def export_bundle(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
         "threshold": {"value": float(thr), "policy": threshold_policy, "source": "pooled out-of-fold predictions",
                       "n_cases": int(len(oof))},
         "cv_metrics": cv_metrics,
+        "run_summary": _run_summary(run_dir),
         "preprocess": preprocess,
         "fingerprint": fp,
         "intensity": _intensity_stats(data, list(oof["case_id"].astype(str))),

@@ -11,6 +11,7 @@ returns, or the dataset's ``pairs/<case>.npy``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,15 +20,16 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from distmsfa.bundle.layout import (CHECKSUMS_FILE, BundleError, bundle_checksum, sha256_file, verify_bundle,
-                                    weight_file)
+from distmsfa.bundle.layout import CHECKSUMS_FILE, BundleError, bundle_checksum, verify_bundle, weight_file
 
 #: Relative slack before a spacing outside the training cohort's range is worth a warning.
 SPACING_SLACK = 0.10
 #: A size this many times above/below the cohort's median size is worth a warning.
 SIZE_FACTOR = 2.0
-#: Crops covered less than this by an image's field of view are worth a warning.
+#: Crops covered less than this by an image's field of view are worth a warning (or less than
+#: the least-covered training case, when the bundle records it), minus COVERAGE_SLACK.
 MIN_COVERAGE = 0.95
+COVERAGE_SLACK = 0.05
 #: A case's mean intensity this many cohort SDs from the cohort mean is worth a warning.
 INTENSITY_SDS = 4.0
 
@@ -169,9 +171,12 @@ class EnsemblePredictor:
         warnings = self.check_images(t1, fs)
         res = preprocess_images(t1, fs, roi, self.preprocess_config, self.spacing_dhw)
         for seq, cov in (("t1", res.t1_coverage), ("fs", res.fs_coverage)):
-            if cov < MIN_COVERAGE:
-                warnings.append(f"{seq} covers {cov:.0%} of the crop around the ROI; the rest is zero padding "
-                                f"(field of view smaller than the {self.crop_size} crop at {self.spacing_dhw} mm)")
+            lowest = (self.intensity.get(seq) or {}).get("coverage_min")
+            floor = MIN_COVERAGE if lowest is None else min(MIN_COVERAGE, float(lowest))
+            if cov < floor - COVERAGE_SLACK:
+                seen = f"training cases: >= {lowest:.0%}" if lowest is not None else f"expected >= {MIN_COVERAGE:.0%}"
+                warnings.append(f"{seq} covers {cov:.0%} of the crop around the ROI ({seen}); the rest is zero "
+                                f"padding (field of view smaller than the {self.crop_size} crop at {self.spacing_dhw} mm)")
         for i, seq in enumerate(("t1", "fs")):
             st = self.intensity.get(seq) or {}
             if st.get("sd") and st.get("n", 0) >= 5:
@@ -181,6 +186,33 @@ class EnsemblePredictor:
                     warnings.append(f"{seq} mean intensity {m:.3f} of the prepared crop is {abs(z):.1f} SD "
                                     f"{'above' if z > 0 else 'below'} the training cases' ({st['mean']:.3f} ± {st['sd']:.3f})")
         return res, warnings
+
+    def dataset_differences(self, data: str | os.PathLike[str]) -> list[str]:
+        """How the dataset at ``data`` was prepared differently from the bundle's training data
+        (one line per preprocessing parameter that differs; empty = the same preprocessing).
+        A dataset without ``fingerprint.json`` gives one line saying so."""
+        from distmsfa.data import index as dsindex
+
+        try:
+            params = (json.loads(dsindex.read_bytes(str(data), dsindex.FINGERPRINT_FILE)).get("params") or {})
+        except (FileNotFoundError, OSError, ValueError):
+            return [f"{data}: no readable {dsindex.FINGERPRINT_FILE}; its preprocessing is unknown"]
+        mine = {**self.preprocess_config.to_dict(), "resolved_spacing_dhw": list(self.spacing_dhw)}
+        theirs_pv = params.get("preprocess_version")
+        mine_pv = ((self.fingerprint.get("params") or {}).get("preprocess_version"))
+        out = []
+        for key in ("resolved_spacing_dhw", "crop_size", "orientation", "clip_percentiles", "normalize_region",
+                    "interpolation"):
+            a, b = mine.get(key), params.get(key)
+            if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+                same = len(a) == len(b) and all(abs(float(x) - float(y)) <= 1e-6 for x, y in zip(a, b))
+            else:
+                same = a == b
+            if not same:
+                out.append(f"{key}: dataset {b} vs bundle {a}")
+        if theirs_pv != mine_pv:
+            out.append(f"preprocess_version: dataset {theirs_pv} vs bundle {mine_pv}")
+        return out
 
     # ------------------------------------------------------------------ Grad-CAM
     def gradcam(self, x: Any, branches: Optional[Iterable[str]] = None) -> dict[str, np.ndarray]:
@@ -216,8 +248,6 @@ def load_bundle(path: str | os.PathLike[str], device: str | torch.device | None 
     for f in meta["folds"]:
         rel = weight_file(f)
         data = (root / rel).read_bytes()
-        import hashlib
-
         if hashlib.sha256(data).hexdigest() != sums[rel]:  # changed since verify_bundle read it
             raise BundleError(f"{rel}: altered (sha256 differs from {CHECKSUMS_FILE}) in bundle {root}")
         try:
@@ -232,4 +262,4 @@ def load_bundle(path: str | os.PathLike[str], device: str | torch.device | None 
     return EnsemblePredictor(root, meta, models, rt, bundle_checksum(root))
 
 
-__all__ = ["EnsemblePredictor", "load_bundle", "build_fold_model", "run_models", "sha256_file"]
+__all__ = ["EnsemblePredictor", "load_bundle", "build_fold_model", "run_models"]

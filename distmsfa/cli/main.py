@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import typer
 
+from distmsfa.cli import bundle as _bundle
 from distmsfa.cli import cv as _cv
 from distmsfa.cli import demo as _demo
 from distmsfa.cli import demo_data as _demo_data
@@ -28,6 +29,7 @@ app.command("inspect")(_inspect.inspect)
 app.command("models")(_models.models)
 app.command("cv")(_cv.cv)
 app.command("tune")(_tune.tune)
+app.add_typer(_bundle.app, name="bundle")
 
 
 if __name__ == "__main__":  # pragma: no cover

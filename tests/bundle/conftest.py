@@ -52,3 +52,22 @@ def tiny_bundle(tiny_run, tmp_path_factory) -> Path:
     from distmsfa.bundle import export_bundle
 
     return export_bundle(tiny_run, tmp_path_factory.mktemp("bb") / "bundle")
+
+
+@pytest.fixture(scope="session")
+def syn(tmp_path_factory):
+    """A small synthetic cohort built by `build_dataset` (as tests/training's `synthetic_dataset`),
+    a 1-epoch plain CV run on it and its bundle: (manifest, data, run, bundle)."""
+    from distmsfa.bundle import export_bundle
+    from distmsfa.data import PreprocessConfig, build_dataset
+    from distmsfa.data.synthetic import generate_cohort
+    from distmsfa.training.cv import run_cv
+
+    base = tmp_path_factory.mktemp("bsyn")
+    manifest = generate_cohort(base / "cohort", n=20, seed=0, progress=False)
+    cfg = PreprocessConfig(target_spacing_mm=(5.0, 2.5, 2.5), crop_size=(8, 48, 64), n_folds=2, seed=0)
+    report = build_dataset(manifest, base / "data", cfg, address="serial", external_sites=("NHH",), progress=False)
+    assert not report.failures, report.failures
+    run_cv(base / "data", "msfanet", profile="cpu", plain=True, out=base / "run", progress=False,
+           overrides={"epochs": 1, "batch_size": 4, "num_threads": 1})
+    return manifest, base / "data", base / "run", export_bundle(base / "run", base / "bundle")

@@ -42,8 +42,18 @@ def test_export_writes_the_documented_layout(tiny_bundle, tiny_run):
     files = sorted(p.relative_to(tiny_bundle).as_posix() for p in tiny_bundle.rglob("*") if p.is_file())
     assert files == ["MODEL_CARD.md", "bundle.json", "checksums.json", "oof_predictions.csv",
                      "weights/fold0.safetensors", "weights/fold1.safetensors"]
-    meta = json.loads((tiny_bundle / "bundle.json").read_text())
+    def no_nan(c):
+        raise AssertionError(f"bundle.json holds {c}: not strict JSON")
+
+    meta = json.loads((tiny_bundle / "bundle.json").read_text(), parse_constant=no_nan)
     assert meta["format"] == "distmsfa-bundle/1" and meta["folds"] == [0, 1] and meta["checkpoint"] == "selected"
+    run_summary = json.loads((tiny_run / "summary.json").read_text())
+    assert meta["run_summary"]["folds"].keys() == run_summary["folds"].keys()
+    # same policy as the run (youden): the bundle's CV metrics are the run's summary
+    assert meta["cv_metrics"]["mean"] == pytest.approx(run_summary["mean"], nan_ok=True)
+    assert meta["cv_metrics"]["threshold"] == pytest.approx(run_summary["threshold"])
+    best = {f: json.loads((tiny_run / "folds" / f"fold{f}" / "result.json").read_text())["best_epoch"] for f in (0, 1)}
+    assert meta["checkpoint_epochs"] == {str(f): e for f, e in best.items()}
     assert meta["model"] == {"name": "msfanet", "model_cfg": {"preset": "tiny"}}
     assert "OPTIMISTIC" in meta["selection"] and "OPTIMISTIC" in meta["cv_metrics"]["estimate"]
     assert meta["preprocess"]["crop_size"] == [8, 32, 32] and meta["preprocess"]["spacing_dhw"] == [4.0, 0.5, 0.5]
@@ -222,3 +232,43 @@ def test_bundle_info(tiny_bundle):
     assert info["checksum"] == bundle_checksum(tiny_bundle) and len(info["checksum"]) == 64
     assert info["size_bytes"] == sum(p.stat().st_size for p in tiny_bundle.rglob("*") if p.is_file())
     assert info["crop_size"] == [8, 32, 32] and "OPTIMISTIC" in info["cv_estimate"]
+
+
+def test_gradcam_is_the_mean_of_the_fold_maps(tiny_bundle, tiny_data):
+    from distmsfa.models.gradcam import gradcam
+
+    pred = load_bundle(tiny_bundle, device="cpu")
+    _, x = _cases(tiny_data)
+    x = x[1:2]  # one axSpA case
+    maps = pred.gradcam(x)
+    assert set(maps) == {"t1", "fs", "fuse"}
+    ref = [gradcam(m, torch.from_numpy(x)) for m in pred.models]
+    for k, v in maps.items():
+        assert v.shape == (1, *pred.crop_size) and v.dtype == np.float32
+        np.testing.assert_allclose(v, np.mean([r[k] for r in ref], 0), atol=1e-5)
+        assert 0.0 <= v.min() and v.max() <= 1.0 + 1e-6
+    assert set(pred.gradcam(x, branches=["fuse"])) == {"fuse"}
+
+
+def test_weights_that_do_not_fit_the_recorded_model_are_refused(copy):
+    """A self-consistent bundle (checksums rewritten) whose bundle.json names another model config."""
+    from distmsfa.bundle.layout import write_checksums
+
+    meta = json.loads((copy / "bundle.json").read_text())
+    meta["model"]["model_cfg"] = {"preset": "tiny", "widths": [8, 16, 32, 64]}
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    write_checksums(copy)
+    verify_bundle(copy)
+    with pytest.raises(BundleError, match=r"weights/fold0.safetensors: weights do not fit model 'msfanet'"):
+        load_bundle(copy, device="cpu")
+
+
+def test_the_bundle_core_imports_no_ray(tiny_bundle):
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from distmsfa.bundle import load_bundle; import distmsfa.evaluation.stats; "
+            f"load_bundle({str(tiny_bundle)!r}, device='cpu').predict(np.zeros((1, 2, 8, 32, 32), np.float32)); "
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
