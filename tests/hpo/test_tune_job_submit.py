@@ -48,7 +48,8 @@ def test_tune_submitted_as_a_ray_job_runs_folds_on_both_nodes(two_node_cluster, 
     assert meta["folds"] == [0, 1]
     ray.init(address=two_node_cluster.address, log_to_driver=False)
     try:
-        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=1000, raise_on_missing_output=False)
+        workers = list_actors(address=two_node_cluster.dashboard_url, filters=[("class_name", "=", "RayTrainWorker")],
+                             limit=1000, raise_on_missing_output=False)
         nodes = {a.node_id for a in workers}
         alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     finally:
