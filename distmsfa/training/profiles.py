@@ -66,11 +66,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
     },
     # The quickstart study (`distmsfa tune` without --data): CPU, the synthetic cohort, 4 trials
-    # x 2 folds x 6 epochs of the tiny MSFANet, ASHA after 2 epochs (docs/tuning.md).
+    # x 2 folds x 12 epochs of the tiny MSFANet, ASHA after 3 epochs (docs/tuning.md).
     "quickstart": {
         "train": {
             "model_cfg": {"preset": "tiny"},
-            "epochs": 6,
+            "epochs": 12,
             "batch_size": 4,
             "lr": 1.0e-3,
             "weight_decay": 1.0e-4,
@@ -87,7 +87,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "model.dropout": {"uniform": [0.0, 0.3]},
         },
         "tune": {
-            "num_samples": 4, "max_concurrent_trials": None, "scheduler": "asha", "grace_period": 2,
+            "num_samples": 4, "max_concurrent_trials": None, "scheduler": "asha", "grace_period": 3,
             "reduction_factor": 2, "max_t": None, "seed": 0, "rank_by": "smoothed", "smooth_window": 3,
             "pruned_as": "pruned", "trial_cpus": 0.5,
             "points_to_evaluate": [
