@@ -23,7 +23,8 @@ def _parse_folds(text: Optional[str]) -> Optional[list[int]]:
 
 def cv(
     data: str = typer.Option(..., "--data", help="Dataset root written by `distmsfa preprocess` (folder or s3:// / gs:// URI)."),
-    model: str = typer.Option(..., "--model", help="Registry name (see `distmsfa models`), e.g. msfanet."),
+    model: Optional[str] = typer.Option(None, "--model", help="Registry name (see `distmsfa models`), e.g. msfanet; "
+                                                              "default: train.model of --config (a study's best.yaml has it)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with `train:` / `cv:` sections, applied over the profile."),
     folds: Optional[str] = typer.Option(None, "--folds", help="Folds to run, e.g. 0,1,2,3 (default: all)."),
     profile: str = typer.Option("paper", "--profile", help="Settings profile: cpu (tests, demo) or paper (the paper's)."),
@@ -44,6 +45,15 @@ def cv(
     from distmsfa.data.index import PairChecksumError
     from distmsfa.training.cv import CVError, _default_run_dir, run_cv
 
+    if model is None:
+        from distmsfa.training.profiles import load_config_file
+
+        try:
+            model = load_config_file(config)["train"].get("model") if config is not None else None
+        except ConfigError as exc:
+            fail(str(exc).splitlines()[0])
+        if not model:
+            fail("--model is required unless --config names one (train.model), as a study's best.yaml does")
     run_dir = (out or _default_run_dir(model)).resolve()  # named now, so the resume line can name it
     resume_cmd = resume_command(add=["--resume"], set_options={"--out": str(run_dir)})
     try:

@@ -18,6 +18,7 @@ from distmsfa.cli import preprocess as _preprocess
 from distmsfa.cli import report as _report
 from distmsfa.cli import score as _score
 from distmsfa.cli import serve as _serve
+from distmsfa.cli import tune as _tune
 
 app = typer.Typer(
     name="distmsfa",
@@ -44,6 +45,7 @@ app.command("cv")(_cv.cv)
 app.command("report")(_report.report)
 app.command("evaluate")(_evaluate.evaluate)
 app.command("paper")(_paper.paper)
+app.command("tune")(_tune.tune)
 app.add_typer(_bundle.app, name="bundle")
 app.command("serve")(_serve.serve)
 app.command("score")(_score.score)

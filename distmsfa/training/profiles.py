@@ -44,10 +44,62 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "cv": {"gpus_per_fold": 1.0, "cpus_per_fold": 2.0, "data_cpus": 0.25, "max_failures": 3,
                "materialize_val": True},
+        # The study (distmsfa tune): the first trial is the paper's settings (docs/tuning.md).
+        "search": {
+            "train.lr": {"loguniform": [1.0e-5, 1.0e-3]},
+            "train.weight_decay": {"loguniform": [1.0e-6, 1.0e-3]},
+            "train.batch_size": {"choice": [4, 6, 8]},
+            "model.attn_dim": {"choice": [32, 64, 128]},
+            "model.attn_heads": {"choice": [1, 2, 4]},
+            "model.kv_pool": {"choice": [[1, 1, 1], [1, 2, 2]]},
+            "model.dropout": {"uniform": [0.0, 0.5]},
+            "augment.rotate_deg": {"uniform": [0.0, 15.0]},
+        },
+        "tune": {
+            "num_samples": 32, "max_concurrent_trials": None, "scheduler": "asha", "grace_period": 30,
+            "reduction_factor": 3, "max_t": None, "seed": 0, "rank_by": "smoothed", "smooth_window": 5,
+            "pruned_as": "pruned", "trial_cpus": 1.0,
+            "points_to_evaluate": [
+                {"train.lr": 1.0e-4, "train.weight_decay": 1.0e-4, "train.batch_size": 6, "model.attn_dim": 64,
+                 "model.attn_heads": 1, "model.kv_pool": [1, 1, 1], "model.dropout": 0.0, "augment.rotate_deg": 10.0},
+            ],
+        },
+    },
+    # The quickstart study (`distmsfa tune` without --data): CPU, the synthetic cohort, 4 trials
+    # x 2 folds x 12 epochs of the tiny MSFANet, ASHA after 3 epochs (docs/tuning.md).
+    "quickstart": {
+        "train": {
+            "model_cfg": {"preset": "tiny"},
+            "epochs": 12,
+            "batch_size": 4,
+            "lr": 1.0e-3,
+            "weight_decay": 1.0e-4,
+            "precision": "fp32",
+            "seed": 0,
+            "threshold": "fixed",
+            "num_threads": 1,
+        },
+        "cv": {"folds": [0, 1], "cpus_per_fold": 1.0, "data_cpus": 0.25, "max_failures": 1, "materialize_val": True},
+        "search": {
+            "train.lr": {"loguniform": [3.0e-4, 3.0e-3]},
+            "train.weight_decay": {"loguniform": [1.0e-5, 1.0e-3]},
+            "model.attn_heads": {"choice": [1, 2, 4]},
+            "model.dropout": {"uniform": [0.0, 0.3]},
+        },
+        "tune": {
+            "num_samples": 4, "max_concurrent_trials": None, "scheduler": "asha", "grace_period": 3,
+            "reduction_factor": 2, "max_t": None, "seed": 0, "rank_by": "smoothed", "smooth_window": 3,
+            "pruned_as": "pruned", "trial_cpus": 0.5,
+            "points_to_evaluate": [
+                {"train.lr": 1.0e-3, "train.weight_decay": 1.0e-4, "model.attn_heads": 1, "model.dropout": 0.0},
+            ],
+        },
     },
 }
 
 SECTIONS = ("train", "cv")
+# A study file (distmsfa tune) adds these; `distmsfa cv --config` reads such a file's train/cv.
+STUDY_ONLY_SECTIONS = ("search", "tune")
 
 
 def get_profile(name: str) -> dict[str, Any]:
@@ -71,9 +123,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 def check_sections(data: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping with sections {SECTIONS}")
-    unknown = [k for k in data if k not in SECTIONS]
+    unknown = [k for k in data if k not in SECTIONS + STUDY_ONLY_SECTIONS]
     if unknown:
-        raise ConfigError(f"{where}: unknown section(s) {unknown}; use 'train:' and 'cv:'")
+        raise ConfigError(f"{where}: unknown section(s) {unknown}; use 'train:' and 'cv:' (a study file also 'search:', 'tune:')")
     for k in SECTIONS:
         if data.get(k) is not None and not isinstance(data[k], Mapping):
             raise ConfigError(f"{where}: section {k!r} must be a mapping of keys (like '{k}:' then indented "

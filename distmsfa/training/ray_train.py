@@ -33,6 +33,7 @@ from distmsfa.training.outputs import FileReporter, write_fold_outputs
 HUB_NAMESPACE = "distmsfa"
 STATE_FILE = "state.pt"
 PID_FILE = "worker_pids.txt"
+PG_FILE = "placement_groups.txt"
 TIMELINE_FILE = "timeline.jsonl"
 
 #: Set when the driver is interrupted: fold threads that have not yet started their
@@ -167,7 +168,10 @@ def train_func(config: dict[str, Any]) -> None:
     os.makedirs(fold_dir, exist_ok=True)
     with open(os.path.join(fold_dir, PID_FILE), "a", encoding="utf-8") as fh:
         fh.write(f"{os.getpid()}\n")  # lets tests (and users) find the worker process
-    # the node id lets tests (and users) see where each fold ran on a multi-node cluster
+    pg = ray.util.get_current_placement_group()
+    if pg is not None:  # lets a Tune trial's driver remove it if Tune stops the trial mid-run (docs/tuning.md)
+        with open(os.path.join(fold_dir, PG_FILE), "a", encoding="utf-8") as fh:
+            fh.write(f"{pg.id.hex()}\n")
     mark(fold_dir, "worker_start", node_id=ray.get_runtime_context().get_node_id())
     cfg = TrainConfig.from_dict(config["train"])
     resume = None

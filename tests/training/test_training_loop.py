@@ -74,6 +74,10 @@ def test_profiles_match_tune_configs_and_load():
             assert yaml.safe_load(fh) == prof, f"tune_configs/{name}.yaml differs from the embedded profile"
         TrainConfig.from_dict(prof["train"])
         CVConfig.from_dict(prof["cv"])
+        if "search" in prof or "tune" in prof:  # a study profile: its search space and settings check too
+            from distmsfa.hpo import load_study
+
+            load_study(name)
     paper = TrainConfig.from_dict(PROFILES["paper"]["train"])
     assert (paper.epochs, paper.batch_size, paper.lr, paper.weight_decay) == (300, 6, 1e-4, 1e-4)
 
