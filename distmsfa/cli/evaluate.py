@@ -21,8 +21,11 @@ def evaluate(
     """Score a dataset split with a bundle: predictions, metrics with 95% CIs, ROC, calibration."""
     from distmsfa.evaluation.evaluate import EvaluateError, evaluate_bundle
 
+    from distmsfa.cli._run import interruptible, resume_command
+
     try:
-        res = evaluate_bundle(bundle, data, split, out, n_boot=n_boot, seed=seed, device=device)
+        with interruptible(f"evaluation of {bundle} on the {split} split", resume_command()):
+            res = evaluate_bundle(bundle, data, split, out, n_boot=n_boot, seed=seed, device=device)
     except (EvaluateError, FileNotFoundError) as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     for w in res.warnings:

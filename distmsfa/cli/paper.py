@@ -28,10 +28,14 @@ def paper(
     from distmsfa.training.cv import CVError
 
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    from distmsfa.cli._run import interruptible, resume_command
+
     try:
-        rec = run_paper(data, out, profile=profile, models=names, config=str(config) if config else None,
-                        address=address, plain=plain, parallel_models=parallel_models,
-                        lesions=str(lesions) if lesions else None, log=lambda s: typer.echo(s, err=True))
+        # finished runs are reused and stopped ones resumed: the same command continues
+        with interruptible(f"the paper's experiment in {out}", resume_command()):
+            rec = run_paper(data, out, profile=profile, models=names, config=str(config) if config else None,
+                            address=address, plain=plain, parallel_models=parallel_models,
+                            lesions=str(lesions) if lesions else None, log=lambda s: typer.echo(s, err=True))
     except (ConfigError, CVError, ReportError, ValueError, RuntimeError, FileNotFoundError) as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     typer.echo(f"report: {rec.get('report')}")

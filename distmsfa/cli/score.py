@@ -30,9 +30,13 @@ def score(
         key = auth.read_key(str(api_key_file) if api_key_file else None)
     except auth.ApiKeyError as exc:
         fail(str(exc))
+    from distmsfa.cli._run import interruptible, resume_command
+
     try:
-        report = score_manifest(endpoint, manifest, out, api_key=key, concurrency=concurrency, retries=retries,
-                                gradcam=gradcam)
+        # the cases already scored in --out are skipped: the same command resumes
+        with interruptible(f"scoring of {manifest} against {endpoint}", resume_command()):
+            report = score_manifest(endpoint, manifest, out, api_key=key, concurrency=concurrency, retries=retries,
+                                    gradcam=gradcam)
     except (ManifestError, ValueError, OSError) as exc:
         fail(str(exc).splitlines()[0])
     for f in report.failures[:20]:

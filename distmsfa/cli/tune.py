@@ -46,19 +46,24 @@ def tune(
     from distmsfa.hpo.runner import TuneError
     from distmsfa.training.cv import CVError
 
+    from distmsfa.cli._run import interruptible, resume_command
+
+    study_out = (out or Path("runs/quickstart" if data is None else "runs/tune")).resolve()
+    resume_cmd = resume_command(add=["--resume"], set_options={"--out": str(study_out)})
     try:
-        if data is None:
-            from distmsfa.hpo.main_job import run_main_job
+        with interruptible(f"study in {study_out}", resume_cmd):
+            if data is None:
+                from distmsfa.hpo.main_job import run_main_job
 
-            if model:
-                overrides.setdefault("train", {})["model"] = model
-            run_main_job(out or Path("runs/quickstart"), n=n, config=config or "quickstart", address=address,
-                         resume=resume, verbose=verbose, overrides=overrides or None)
-            return
-        from distmsfa.hpo.runner import tune_study
+                if model:
+                    overrides.setdefault("train", {})["model"] = model
+                run_main_job(study_out, n=n, config=config or "quickstart", address=address,
+                             resume=resume, verbose=verbose, overrides=overrides or None)
+                return
+            from distmsfa.hpo.runner import tune_study
 
-        tune_study(data, out or Path("runs/tune"), config or "quickstart", model=model, overrides=overrides or None,
-                   address=address, resume=resume, storage=storage, verbose=verbose, bundle=not no_bundle)
+            tune_study(data, study_out, config or "quickstart", model=model, overrides=overrides or None,
+                       address=address, resume=resume, storage=storage, verbose=verbose, bundle=not no_bundle)
     except (ConfigError, TuneError, CVError, FileNotFoundError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         fail(str(msg).splitlines()[0] if msg else type(exc).__name__)

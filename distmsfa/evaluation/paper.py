@@ -68,19 +68,14 @@ def run_paper(data: str | os.PathLike[str], out: str | os.PathLike[str], *, prof
         else:
             todo.append((m, st == "stopped"))
 
-    started_ray = False
-    if not plain:
-        import ray
+    import contextlib
 
-        if not ray.is_initialized():
-            if address:
-                ray.init(address=address, log_to_driver=False)
-            else:
-                try:
-                    ray.init(num_cpus=max(4, os.cpu_count() or 1), log_to_driver=False)
-                except ValueError:
-                    ray.init(log_to_driver=False)
-            started_ray = True
+    from distmsfa.runtime import ray_session
+
+    # One quiet Ray session for every model's CV run; a Ray it started ends with all its
+    # processes, also on Ctrl-C (docs/operations.md).
+    session = contextlib.nullcontext() if plain else ray_session(address, num_cpus=max(4, os.cpu_count() or 1))
+    session.__enter__()
     try:
         par = parallel_models or _models_in_parallel(plain)
 
@@ -100,10 +95,7 @@ def run_paper(data: str | os.PathLike[str], out: str | os.PathLike[str], *, prof
                 record["models"][m].update(wall_s=round(wall, 1), error=err)
                 log(f"{m}: {'failed: ' + err if err else 'done'} ({wall:.0f} s)")
     finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
+        session.__exit__(None, None, None)
     finished = [m for m in models if run_state(out / "runs" / m) == "done"]
     record["finished"] = finished
     if finished:

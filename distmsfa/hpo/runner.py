@@ -171,6 +171,10 @@ def tune_study(data: str | os.PathLike[str], out: str | os.PathLike[str], config
     t0 = time.time()
     console = console or Console(stderr=True)
     ray_tune.quiet_ray(verbose)
+    # Ctrl-C / SIGTERM are the command's (distmsfa.cli._run.interruptible: one line, exit 130/143,
+    # the local Ray ended); Tune's own SIGINT handler would swallow the first Ctrl-C. The study
+    # resumes with Tuner.restore from its periodically saved experiment state (--resume).
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     # Tune saves the experiment state at most every 10 s by default; a driver killed in that window
     # restores a finished trial as unfinished (the trial then only re-reads its results from disk).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
@@ -206,6 +210,12 @@ def tune_study(data: str | os.PathLike[str], out: str | os.PathLike[str], config
 
     messages = contextlib.nullcontext() if verbose else _RayMessagesToFile(study_dir / "ray_messages.log")
     started = init_ray(address, study, len(folds), verbose)
+    from distmsfa.runtime import _OWNED_SESSIONS, InterruptGuard, RaySession, _session_dir, _started_here, shutdown_session
+
+    InterruptGuard.reinstall_active()  # ray.init replaced the SIGTERM handler (docs/operations.md)
+    session = RaySession(started and _started_here(address), address, _session_dir())
+    if session.started and session.session_dir:
+        _OWNED_SESSIONS.append(session.session_dir)  # a forced exit (second Ctrl-C) ends its processes too
     timeline = {"ray_ready_s": time.time() - t0}
     try:
         messages.__enter__()
@@ -223,10 +233,8 @@ def tune_study(data: str | os.PathLike[str], out: str | os.PathLike[str], config
         records = _records(grid, study, study_dir)
     finally:
         messages.__exit__(None, None, None)
-        if started:
-            import ray
-
-            ray.shutdown()
+        if started:  # a local Ray ends with every process it started; a joined one is only left
+            shutdown_session(session)
     timeline["study_s"] = time.time() - t0
     table = trials_table(records, study.space)
     write_tables(table, study_dir)
