@@ -29,6 +29,8 @@ def tune(
     n: int = typer.Option(120, "--n", min=16, help="Without --data: synthetic cases to generate."),
     no_bundle: bool = typer.Option(False, "--no-bundle", help="Do not export the best trial as a model bundle."),
     verbose: bool = typer.Option(False, "--verbose", help="Show Ray's own INFO/WARNING lines."),
+    no_serve: bool = typer.Option(False, "--no-serve", help="Without --data: skip the last step (the bundle served on "
+                                  "127.0.0.1 scoring the external site over HTTP)."),
 ) -> None:
     """Search hyperparameters: each trial a k-fold CV with folds in parallel, ASHA + seeded TPE,
     resumable; writes trials.csv/parquet, plots, best.yaml and the best trial's bundle."""
@@ -58,7 +60,7 @@ def tune(
                 if model:
                     overrides.setdefault("train", {})["model"] = model
                 run_main_job(study_out, n=n, config=config or "quickstart", address=address,
-                             resume=resume, verbose=verbose, overrides=overrides or None)
+                             resume=resume, verbose=verbose, overrides=overrides or None, serve=not no_serve)
                 return
             from distmsfa.hpo.runner import tune_study
 

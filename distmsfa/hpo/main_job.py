@@ -30,6 +30,7 @@ class MainJobResult:
     external: dict[str, Any]
     wall_s: float
     stages_s: dict[str, float]
+    served: dict[str, Any] | None = None  # the external site scored over HTTP (serve=True)
 
 
 def score_external(bundle: str | Path, data: str | Path, batch_size: int = 8) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -61,7 +62,7 @@ def score_external(bundle: str | Path, data: str | Path, batch_size: int = 8) ->
 
 def run_main_job(out: str | Path = "runs/quickstart", *, n: int = 120, seed: int = 0, config: Any = "quickstart",
                  address: Optional[str] = None, resume: bool = False, verbose: bool = False,
-                 overrides: Optional[dict] = None, console: Any = None) -> MainJobResult:
+                 overrides: Optional[dict] = None, console: Any = None, serve: bool = True) -> MainJobResult:
     from rich.console import Console
 
     from distmsfa.data import PreprocessConfig, build_dataset
@@ -76,10 +77,11 @@ def run_main_job(out: str | Path = "runs/quickstart", *, n: int = 120, seed: int
     t0 = time.time()
     out = Path(out).resolve()
     stages: dict[str, float] = {}
-    console.print(f"[1/4] synthetic cohort: {n} cases, two sites (NHH held out as the external site)", highlight=False)
+    k = 5 if serve else 4
+    console.print(f"[1/{k}] synthetic cohort: {n} cases, two sites (NHH held out as the external site)", highlight=False)
     manifest = generate_cohort(out / "cohort", n=n, seed=seed, workers=min(2, os.cpu_count() or 1), progress=False)
     stages["cohort_s"] = time.time() - t0
-    console.print(f"[2/4] preprocessing to {DEMO_CROP} voxels at {DEMO_SPACING_MM} mm", highlight=False)
+    console.print(f"[2/{k}] preprocessing to {DEMO_CROP} voxels at {DEMO_SPACING_MM} mm", highlight=False)
     data = out / "data"
     t = time.time()
     pre = PreprocessConfig(target_spacing_mm=DEMO_SPACING_MM, crop_size=DEMO_CROP, seed=seed)
@@ -89,7 +91,7 @@ def run_main_job(out: str | Path = "runs/quickstart", *, n: int = 120, seed: int
     if report.failures:
         console.print(f"warning: {len(report.failures)} case(s) failed preprocessing (see {data})", highlight=False)
     stages["preprocess_s"] = time.time() - t
-    console.print("[3/4] the quickstart study (Ray Tune + Optuna, each trial a k-fold CV with folds in parallel)",
+    console.print(f"[3/{k}] the quickstart study (Ray Tune + Optuna, each trial a k-fold CV with folds in parallel)",
                   highlight=False)
     t = time.time()
     res = tune_study(data, out / "study", config, address=address, resume=resume, verbose=verbose,
@@ -97,16 +99,45 @@ def run_main_job(out: str | Path = "runs/quickstart", *, n: int = 120, seed: int
     stages["study_s"] = time.time() - t
     external: dict[str, Any] = {}
     if res.bundle is not None:
-        console.print("[4/4] the bundle's fold ensemble scores the external site", highlight=False)
+        console.print(f"[4/{k}] the bundle's fold ensemble scores the external site", highlight=False)
         t = time.time()
         df, external = score_external(res.bundle, data)
         df.to_csv(out / "external_predictions.csv", index=False)
         write_json(str(out / "external_metrics.json"), external)
         stages["external_s"] = time.time() - t
+    served = None
+    if serve and res.bundle is not None and external:
+        console.print(f"[5/{k}] the bundle served on 127.0.0.1 (Ray Serve) scores the external site over HTTP",
+                      highlight=False)
+        t = time.time()
+        served = serve_external(res.bundle, manifest, out / "served", df, address=address)
+        stages["serve_s"] = time.time() - t
     wall = time.time() - t0
-    result = MainJobResult(out, data, res.study_dir, res.bundle, external, wall, stages)
+    result = MainJobResult(out, data, res.study_dir, res.bundle, external, wall, stages, served)
     console.print(summary_table(result, res))
     return result
+
+
+def serve_external(bundle: Path, manifest: Path, out: Path, in_process: pd.DataFrame,
+                   address: Optional[str] = None) -> dict[str, Any]:
+    """Serve ``bundle`` on loopback (one-off API key), score the manifest's external-site cases
+    over HTTP with ``distmsfa score``'s client, stop the server; compare with ``in_process``."""
+    from distmsfa.runtime import ray_session
+    from distmsfa.serving.runner import serve_and_score
+
+    ext_ids = set(in_process["case_id"].astype(str))
+    cohort = pd.read_csv(manifest, dtype={"case_id": str})
+    # next to the cohort's manifest: its relative paths resolve from that folder
+    ext_manifest = manifest.with_name("manifest_external.csv")
+    cohort[cohort["case_id"].isin(ext_ids)].to_csv(ext_manifest, index=False)
+    with ray_session(address, num_cpus=max(4, os.cpu_count() or 1)):
+        report = serve_and_score(str(bundle), str(ext_manifest), str(out), progress=False)
+    pred = pd.read_csv(out / "predictions.csv", dtype={"case_id": str})
+    both = pred[["case_id", "probability"]].merge(in_process[["case_id", "prob"]], on="case_id")
+    diff = float(np.abs(both["probability"] - both["prob"]).max()) if len(both) else float("nan")
+    auc = float((report.metrics or {}).get("metrics", {}).get("auc", {}).get("value", float("nan")))
+    return {"n_scored": int(len(pred)), "n_failed": int(report.n_failed), "auc": float(auc), "max_abs_diff": diff,
+            "out": str(out)}
 
 
 def summary_table(r: MainJobResult, study: Any):
@@ -127,6 +158,10 @@ def summary_table(r: MainJobResult, study: Any):
         t.add_row(f"external site {', '.join(r.external['site'])} (n={r.external['n']})",
                   f"AUC {m['auc']:.3f}  ACC {m['acc']:.3f}  SEN {m['sen']:.3f}  SPEC {m['spec']:.3f}  F1 {m['f1']:.3f} "
                   f"at threshold {r.external['threshold']:.3f} ({r.external['threshold_policy']})")
+    if r.served:
+        t.add_row("external site over HTTP", f"AUC {r.served['auc']:.3f} from {r.served['n_scored']} answers of the "
+                                             f"served bundle; largest difference from in-process "
+                                             f"{r.served['max_abs_diff']:.1e} ({r.served['out']})")
     t.add_row("study", str(r.study_dir))
     t.add_row("trials", str(r.study_dir / "trials.csv"))
     t.add_row("best config", str(r.study_dir / "best.yaml"))
