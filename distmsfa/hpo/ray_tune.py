@@ -44,7 +44,8 @@ class TrialRefused(ValueError):
 
 QUIET_ENV = {
     "RAY_DEDUP_LOGS": "1",
-    "RAY_BACKEND_LOG_LEVEL": "error",  # the C++ core's warnings (e.g. "Failed to determine local IP")
+    # Not RAY_BACKEND_LOG_LEVEL: setting it makes the driver's C++ logger print a line saying so
+    # on every start (distmsfa.runtime).
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
     "RAY_AIR_NEW_OUTPUT": "0",
     "RAY_TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "1000",
