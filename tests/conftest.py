@@ -179,3 +179,15 @@ def two_node_cluster():
     yield cluster
     cluster.stop()
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture()
+def two_equal_nodes():
+    """A real two-node cluster on loopback with 2 CPUs on each node (a study's trial actor and
+    one fold fit on one node, the second fold only on the other); function-scoped."""
+    tmp = Path(f"/tmp/rt2e{os.getpid()}")
+    tmp.mkdir(exist_ok=True)
+    cluster = LocalCluster(tmp, num_cpus=2, extra_nodes=1)
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -14,7 +14,7 @@ import yaml
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def test_tune_submitted_as_a_ray_job_runs_folds_on_both_nodes(two_node_cluster, tiny_dataset, tmp_path):
+def test_tune_submitted_as_a_ray_job_runs_folds_on_both_nodes(two_equal_nodes, tiny_dataset, tmp_path):
     import ray
     from ray.util.state import list_actors
 
@@ -31,13 +31,13 @@ def test_tune_submitted_as_a_ray_job_runs_folds_on_both_nodes(two_node_cluster, 
         "tune": {"num_samples": 1, "scheduler": "none", "seed": 0, "trial_cpus": 0.5},
     }))
     study = tmp_path / "study"
-    cmd = [ray_bin, "job", "submit", f"--address={two_node_cluster.dashboard_url}", "--",
+    cmd = [ray_bin, "job", "submit", f"--address={two_equal_nodes.dashboard_url}", "--",
            sys.executable, "-m", "distmsfa", "tune", "--data", str(tiny_dataset), "--config", str(cfg),
            "--out", str(study), "--auto-resume"]
     deadline = time.monotonic() + 90
     while True:
-        proc = subprocess.run(cmd, env=dict(two_node_cluster.env), capture_output=True, encoding="utf-8",
-                              errors="replace", timeout=900)
+        proc = subprocess.run(cmd, env=dict(two_equal_nodes.env), capture_output=True, encoding="utf-8",
+                              errors="replace", timeout=600)
         # the head's job agent comes up some seconds after the dashboard answers: Ray asks to retry
         if proc.returncode == 0 or "No available agent" not in proc.stdout + proc.stderr or time.monotonic() > deadline:
             break
@@ -46,9 +46,9 @@ def test_tune_submitted_as_a_ray_job_runs_folds_on_both_nodes(two_node_cluster, 
     assert "succeeded" in (proc.stdout + proc.stderr).lower()
     meta = verify_bundle(study / "bundle")
     assert meta["folds"] == [0, 1]
-    ray.init(address=two_node_cluster.address, log_to_driver=False)
+    ray.init(address=two_equal_nodes.address, log_to_driver=False)
     try:
-        workers = list_actors(address=two_node_cluster.dashboard_url, filters=[("class_name", "=", "RayTrainWorker")],
+        workers = list_actors(address=two_equal_nodes.dashboard_url, filters=[("class_name", "=", "RayTrainWorker")],
                              limit=1000, raise_on_missing_output=False)
         nodes = {a.node_id for a in workers}
         alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
