@@ -55,7 +55,7 @@ def _app():
 
 
 def test_a_differently_preprocessed_dataset_is_refused_naming_the_difference(bundle, tiny_data, tmp_path):
-    from conftest import write_fingerprint
+    from tests.evaluation.conftest import write_fingerprint
 
     other = tmp_path / "other"
     shutil.copytree(tiny_data, other)

@@ -86,7 +86,8 @@ def test_asha_stops_a_hopeless_trial_and_its_folds_resources_come_back(tiny48_da
     # the stopped trial's folds did not finish their schedule
     for f in (0, 1):
         log = Path(bad["run_dir"]) / "folds" / f"fold{f}" / "metrics.jsonl"
-        assert len(log.read_text().splitlines()) < epochs
+        # a fold stopped right after its first report may not have logged that epoch yet
+        assert (len(log.read_text(encoding="utf-8").splitlines()) if log.exists() else 0) < epochs
     # Optuna was told the stopped trial as PRUNED (not COMPLETE with its early value)
     import pickle
 
