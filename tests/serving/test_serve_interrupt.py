@@ -108,7 +108,12 @@ def test_serve_drains_requests_in_flight_on_a_signal(bundle, syn_cases, tmp_path
                 assert time.monotonic() < t_wait, "the requests did not reach the ingress in time"
                 time.sleep(0.1)
             assert all(t.is_alive() for t in threads)
-            os.kill(proc.pid, sig)  # the CLI only (kill, a scheduler); see docs/operations.md on Ctrl-C
+            # SIGINT as Ctrl-C at a terminal sends it: to the whole process group, Ray's processes
+            # included (they must keep answering); SIGTERM as a scheduler or `docker stop` does: to the CLI.
+            if sig == signal.SIGINT:
+                os.killpg(proc.pid, sig)
+            else:
+                os.kill(proc.pid, sig)
             t_sig = time.monotonic()
 
             # A new request after the signal is turned away (while the slow ones still upload).
