@@ -164,6 +164,19 @@ class Ingress:
             raise RuntimeError("no API key: set api_key_sha256, DISTMSFA_API_KEY_FILE or DISTMSFA_API_KEY "
                                "(or allow_no_key on loopback only)")
         self.digest = digest
+        # Drain (docs/operations.md): `begin_drain` turns new predictions away with 503 while
+        # the `_in_flight` ones are answered; `distmsfa serve` waits for `in_flight() == 0`.
+        self._in_flight = 0
+        self._draining = False
+
+    def begin_drain(self) -> int:
+        """Stop accepting predictions (new ones: 503 + Retry-After); return how many are in flight."""
+        self._draining = True
+        return self._in_flight
+
+    def in_flight(self) -> int:
+        """Predictions this replica has accepted and not yet answered."""
+        return self._in_flight
 
     # -- security and limits ---------------------------------------------------------
     def _check_key(self, request: Request) -> None:
@@ -243,6 +256,18 @@ class Ingress:
 
     @api.post("/v1/predict")
     async def predict(self, request: Request, gradcam: bool = False):
+        if self._draining:
+            return _error(ServeError(UNAVAILABLE, "shutting_down", "the server is shutting down; retry after the given "
+                                     "delay (another replica or the restarted server will answer)",
+                                     headers={"Retry-After": str(max(1, int(np.ceil(self.s.retry_after_s)))),
+                                              "Connection": "close"}))
+        self._in_flight += 1
+        try:
+            return await self._predict(request, gradcam)
+        finally:
+            self._in_flight -= 1
+
+    async def _predict(self, request: Request, gradcam: bool):
         rid = _request_id()
         t_start = time.perf_counter()
         case_id = None
@@ -277,7 +302,10 @@ class Ingress:
         except Exception:  # noqa: BLE001
             return JSONResponse(error_body("not_ready", "models are not loaded yet"), status_code=UNAVAILABLE,
                                 headers={"Retry-After": "5"})
-        return {"status": "ready"}
+        if self._draining:
+            return JSONResponse(error_body("shutting_down", "the server is shutting down"), status_code=UNAVAILABLE,
+                                headers={"Retry-After": str(max(1, int(np.ceil(self.s.retry_after_s))))})
+        return {"status": "ready", "in_flight": self._in_flight}
 
     @api.get("/v1/model")
     async def model_card(self, request: Request):
@@ -306,16 +334,18 @@ def build_app(settings: ServeSettings):
     pre = Preprocess.options(
         num_replicas=s.preprocess_replicas, ray_actor_options={"num_cpus": s.cpus_per_preprocess},
         max_ongoing_requests=max(2, int(round(s.cpus_per_preprocess * 2))), max_queued_requests=inner_queue,
+        graceful_shutdown_timeout_s=s.drain_timeout_s,
     ).bind(d)
     model = Model.options(
         num_replicas=s.model_replicas,
         ray_actor_options={"num_cpus": 1, "num_gpus": s.gpus_per_replica},
         max_ongoing_requests=max(2 * s.max_batch, 4), max_queued_requests=inner_queue,
+        graceful_shutdown_timeout_s=s.drain_timeout_s,
     ).bind(d)
     return Ingress.options(
         num_replicas=s.ingress_replicas, ray_actor_options={"num_cpus": 0.25},
         max_ongoing_requests=s.max_ongoing_requests, max_queued_requests=s.max_queued_requests,
-        backpressure_config=retry,
+        backpressure_config=retry, graceful_shutdown_timeout_s=s.drain_timeout_s,
     ).bind(pre, model, d)
 
 

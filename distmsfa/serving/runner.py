@@ -51,6 +51,29 @@ def start(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
         time.sleep(0.5)
 
 
+def drain(timeout_s: float, name: str = "distmsfa", poll_s: float = 0.2, settle_s: float = 1.0, handle=None) -> int:
+    """Stop the app's ingress accepting predictions (new ones get 503 + Retry-After) and wait
+    up to ``timeout_s`` until the ones it holds are answered; return how many were still in
+    flight at the end (0: drained).  The count must stay 0 for ``settle_s``: a request the
+    HTTP proxy accepted just before the drain reaches the ingress a moment later.  With several ingress replicas only the one the handle
+    reaches drains here; ``stop`` then still waits for the others' requests (each
+    deployment's ``graceful_shutdown_timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    handle = handle if handle is not None else serve.get_app_handle(name)
+    n = handle.begin_drain.remote().result(timeout_s=max(1.0, timeout_s))
+    zero_since = None
+    while time.monotonic() < deadline:
+        if n > 0:
+            zero_since = None
+        elif zero_since is None:
+            zero_since = time.monotonic()
+        elif time.monotonic() - zero_since >= settle_s:
+            break  # a request the proxy had already taken has reached the ingress (and got its 503) by now
+        time.sleep(poll_s)
+        n = handle.in_flight.remote().result(timeout_s=max(1.0, deadline - time.monotonic()))
+    return n
+
+
 def stop(name: str = "distmsfa") -> None:
     """Remove the app and stop Serve; disconnect from Ray if ``start`` connected (a local Ray
     it started stops too)."""

@@ -19,6 +19,7 @@ class ServeSettings(Config):
     body_timeout_s: float = 30.0  # idle time allowed while the client sends its body (408)
     upload_timeout_s: float = 600.0  # total time allowed for the body (408)
     request_timeout_s: float = 120.0  # preprocessing + model of one case (504)
+    drain_timeout_s: float = 30.0  # on stop: wait this long for in-flight requests (graceful_shutdown_timeout_s)
     # queues / backpressure
     max_ongoing_requests: int = 8  # per ingress replica
     max_queued_requests: int = 16  # per ingress replica, beyond: 429 + Retry-After
@@ -37,7 +38,8 @@ class ServeSettings(Config):
 
     def __post_init__(self) -> None:
         n = type(self).__name__
-        for f in ("max_upload_mb", "max_unzipped_mb", "body_timeout_s", "upload_timeout_s", "request_timeout_s", "batch_wait_s"):
+        for f in ("max_upload_mb", "max_unzipped_mb", "body_timeout_s", "upload_timeout_s", "request_timeout_s", "batch_wait_s",
+                  "drain_timeout_s"):
             v = getattr(self, f)
             require(isinstance(v, (int, float)) and v > 0, n, f"{f} must be a positive number, got {v!r}")
         for f in ("max_zip_entries", "max_ongoing_requests", "ingress_replicas", "preprocess_replicas",
