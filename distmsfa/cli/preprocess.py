@@ -38,7 +38,7 @@ def preprocess(
     force: bool = typer.Option(False, "--force", help="make the index exactly this run's good cases: drop indexed "
                                "cases that fail now or are not in the manifest (and their files)"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
-    localiser: Optional[Path] = typer.Option(None, "--localiser", help="trained localiser folder: cases with an empty roi cell get a predicted ROI"),
+    localiser: Optional[Path] = typer.Option(None, "--localiser", help="trained localiser folder, or a model bundle that carries one: cases with an empty roi cell get a predicted ROI"),
 ) -> None:
     """Preprocess every case of MANIFEST into a dataset at --out.
 

@@ -207,18 +207,18 @@ def build_dataset(
     ``update``: accept a dataset built from another manifest or other preprocessing
     settings (its cases are kept, same case ids replaced).  ``force``: the index becomes
     exactly this run's good cases (cases that fail now or are absent from the manifest
-    are dropped, with their files).  ``localiser``: a trained localiser folder; cases with no
+    are dropped, with their files).  ``localiser``: a trained localiser folder (or a model bundle
+    carrying one); cases with no
     ROI get a predicted one (index column ``roi_source`` = "given" | "predicted";
     docs/localiser.md)."""
     cfg = config or PreprocessConfig()
     t0 = time.perf_counter()
     root = os.fspath(out) if "://" in os.fspath(out) else os.path.abspath(os.fspath(out))
     _check_out(root)
-    if localiser is not None:
-        from distmsfa.localiser.store import load_localiser
+    if localiser is not None:  # a localiser folder, or a model bundle that carries one
+        from distmsfa.localiser.bundle import localiser_folder
 
-        localiser = os.path.abspath(os.fspath(localiser))
-        load_localiser(localiser)  # fail fast (LocaliserError) before any case runs
+        localiser = os.path.abspath(os.fspath(localiser_folder(localiser)))  # fail fast (LocaliserError)
     manifest_obj = load_manifest(manifest, allow_missing_roi=localiser is not None)
     stored = _read_json(root, dsindex.FINGERPRINT_FILE)
     ext, existing_folds = _folds_config(root, stored, cfg, external_sites, refold)

@@ -34,6 +34,7 @@ _LAZY = {
     "joint_evidence": "distmsfa.localiser.evidence",
     "attach_localiser": "distmsfa.localiser.bundle",
     "bundle_localiser": "distmsfa.localiser.bundle",
+    "localiser_folder": "distmsfa.localiser.bundle",
     "joint_shares": "distmsfa.localiser.evidence",
 }
 

@@ -4,7 +4,8 @@
 safetensors: kinds a bundle may hold) into ``B/localiser/``, records it in ``bundle.json`` and
 rewrites ``checksums.json``, then verifies the bundle again.  ``bundle_localiser(bundle)``
 verifies the bundle and loads its localiser, or returns None when it carries none (a request
-without an ROI must then be refused).
+without an ROI must then be refused).  ``localiser_folder(path)`` takes either a localiser
+folder or a bundle carrying one (``preprocess --localiser``) and returns the localiser folder.
 """
 from __future__ import annotations
 
@@ -57,3 +58,22 @@ def bundle_localiser(bundle: str | os.PathLike[str], device: str = "cpu") -> Loc
     if not rec:
         return None
     return load_localiser(Path(bundle) / rec.get("path", LOCALISER_DIR), device=device)
+
+
+def localiser_folder(path: str | os.PathLike[str]) -> Path:
+    """The localiser folder of ``path``: a localiser folder (checked) or a model bundle that carries
+    one (bundle verified with its checksums, localiser loaded).  ``LocaliserError`` (a ValueError)
+    for a bundle without a localiser or a folder that is neither."""
+    from distmsfa.bundle.layout import BUNDLE_FILE
+    from distmsfa.localiser.store import LocaliserError
+
+    p = Path(path)
+    if (p / BUNDLE_FILE).is_file():
+        if bundle_localiser(p) is None:
+            raise LocaliserError(f"bundle {p} carries no localiser; attach one with `distmsfa localiser attach "
+                                 f"--bundle {p} --localiser L`, or pass a localiser folder")
+        from distmsfa.bundle.layout import verify_bundle
+
+        return p / (verify_bundle(p)["localiser"].get("path") or LOCALISER_DIR)
+    load_localiser(p)  # format and weights checksum (LocaliserError names the problem)
+    return p.parent if p.name == META_FILE else p

@@ -197,8 +197,8 @@ def check_center(center: tuple[float, float, float], t1: sitk.Image, fs: sitk.Im
 class CaseImages:
     t1: sitk.Image
     fs: sitk.Image
-    roi: Roi
-    roi_source: str  # "label_map" | "center"
+    roi: Roi | None  # None: no ROI sent (the bundle's localiser predicts one)
+    roi_kind: str  # "label_map" | "center" | "none"
 
 
 def read_case(upload: Upload, folder: str, phi: Phi, *, max_unzipped_bytes: int, max_entries: int) -> CaseImages:
@@ -214,7 +214,8 @@ def read_case(upload: Upload, folder: str, phi: Phi, *, max_unzipped_bytes: int,
         if not sitk.GetArrayViewFromImage(lab).any():
             raise ImageReadError("roi: label map is empty (no voxel > 0); draw the sacroiliac ROI or give roi_center_mm")
         return CaseImages(t1, fs, Roi(label_map=lab), "label_map")
-    assert upload.roi_center_mm is not None
+    if upload.roi_center_mm is None:
+        return CaseImages(t1, fs, None, "none")
     check_center(upload.roi_center_mm, t1, fs)
     return CaseImages(t1, fs, Roi(center_mm=upload.roi_center_mm), "center")
 

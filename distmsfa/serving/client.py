@@ -7,13 +7,16 @@ writes into ``out``:
 
 - ``answers/<case_id>.json``: each answer as received (resume: a case with one is skipped);
 - ``predictions.csv``: case_id, label (when known), probability, predicted label, threshold,
-  per-fold probabilities, model checksum;
+  roi_source (given | predicted), per-fold probabilities, model checksum;
 - ``failed.csv``: case_id, HTTP status (0: never answered; "manifest": bad row), code, message;
 - with labels: ``metrics.json`` (AUC, ACC, SEN, SPEC, F1 with 95% CIs at the bundle's
   threshold, as offline evaluation computes them) and ``roc.png``.
 
 DICOM folders are zipped (one series: the manifest's ``*_series`` selector picks it); a
-``roi_bbox_mm`` is sent as its centre (the service takes a label map or a centre).
+``roi_bbox_mm`` is sent as its centre (the service takes a label map or a centre).  A case
+with an empty ROI cell (or a manifest without ROI column) is sent without ROI: a bundle with a
+localiser predicts it (``roi_source`` "predicted" in ``predictions.csv``), one without refuses
+the case (422 ``roi_required`` in ``failed.csv``).
 """
 from __future__ import annotations
 
@@ -176,7 +179,8 @@ def write_outputs(out: Path, cases: list[CaseSpec]) -> tuple[list[dict], dict | 
             continue
         a = json.loads(p.read_text(encoding="utf-8"))
         row = {"case_id": c.case_id, "label": c.label, "probability": a["probability"], "predicted": a["label"],
-               "threshold": a["threshold"], "model_checksum": a["model"]["checksum"]}
+               "threshold": a["threshold"], "roi_source": a.get("roi_source", "given"),
+               "model_checksum": a["model"]["checksum"]}
         for f in a.get("folds", []):
             row[f"fold{f['fold']}_probability"] = f["probability"]
         row["warnings"] = " | ".join(a.get("warnings", []))
@@ -237,7 +241,7 @@ def score_manifest(endpoint: str, manifest: str | os.PathLike[str], out: str | o
     """Score a manifest's cases against a running service; see the module doc for the outputs."""
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    m = load_manifest(manifest)
+    m = load_manifest(manifest, allow_missing_roi=True)  # no ROI: the service's localiser predicts it
     out = Path(out)
     (out / ANSWERS).mkdir(parents=True, exist_ok=True)
     cases = list(m.cases)

@@ -47,9 +47,10 @@ def nifti_gz_bytes(img: sitk.Image) -> bytes:
             return fh.read()
 
 
-def montage_png(maps: dict[str, np.ndarray], pair: np.ndarray, n_slices: int = 5) -> bytes:
+def montage_png(maps: dict[str, np.ndarray], pair: np.ndarray, n_slices: int = 5, evidence: dict | None = None) -> bytes:
     """Rows: each branch's map over its sequence (FS branch over FS, others over T1);
-    columns: evenly spaced slices of the crop (array axis D)."""
+    columns: evenly spaced slices of the crop (array axis D).  ``evidence``
+    (``joint_evidence`` output): each row is labelled with its left/right shares."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -68,7 +69,8 @@ def montage_png(maps: dict[str, np.ndarray], pair: np.ndarray, n_slices: int = 5
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
-                ax.set_ylabel(name)
+                ev = (evidence or {}).get(name)
+                ax.set_ylabel(name if not ev else f"{name}\nL {ev['left']:.0%} R {ev['right']:.0%}", fontsize=8)
             if r == 0:
                 ax.set_title(f"slice {k}", fontsize=8)
     fig.suptitle("Grad-CAM per branch (crop space; research use only)", fontsize=9)
@@ -79,12 +81,28 @@ def montage_png(maps: dict[str, np.ndarray], pair: np.ndarray, n_slices: int = 5
     return buf.getvalue()
 
 
-def render_gradcam(maps: dict[str, np.ndarray], pair: np.ndarray, facts: dict, t1_geometry: dict) -> dict:
+def render_gradcam(maps: dict[str, np.ndarray], pair: np.ndarray, facts: dict, t1_geometry: dict,
+                   evidence: dict | None = None) -> dict:
     """The ``gradcam`` block of an answer: base64 PNG montage + base64 NIfTI per branch."""
     out = {"branches": list(maps), "space": "input t1 grid (NIfTI); montage in crop space",
-           "montage_png_base64": base64.b64encode(montage_png(maps, pair)).decode("ascii"), "heatmaps": {}}
+           "montage_png_base64": base64.b64encode(montage_png(maps, pair, evidence=evidence)).decode("ascii"),
+           "heatmaps": {}}
     for name, arr in maps.items():
         img = to_input_space(arr, facts, t1_geometry)
         out["heatmaps"][name] = {"nifti_gz_base64": base64.b64encode(nifti_gz_bytes(img)).decode("ascii"),
                                  "max": float(np.max(arr)) if np.size(arr) else 0.0}
     return out
+
+
+def gradcam_outputs(maps: dict[str, np.ndarray], pair: np.ndarray, facts: dict, t1_geometry: dict,
+                    roi_crop: np.ndarray | None, note: str | None) -> dict:
+    """``{"gradcam": render_gradcam block, "joint_evidence": {branch: {left, right, outside, side}} | None,
+    "joint_evidence_note": why None}``: each branch's Grad-CAM energy share in the left and
+    right joint masks of the crop-grid ROI (given or predicted; ``distmsfa.localiser.joint_evidence``)."""
+    evidence = None
+    if roi_crop is not None:
+        from distmsfa.localiser.evidence import joint_evidence
+
+        evidence = joint_evidence(maps, roi_crop)
+    return {"gradcam": render_gradcam(maps, pair, facts, t1_geometry, evidence), "joint_evidence": evidence,
+            "joint_evidence_note": None if evidence is not None else note}

@@ -78,26 +78,33 @@ def _prepare_only_predictor(bundle: str):
 
 @serve.deployment(name="Preprocess")
 class Preprocess:
-    """CPU stage: upload bytes -> model input (2, D, H, W) + facts; Grad-CAM maps -> files."""
+    """CPU stage: upload bytes -> model input (2, D, H, W) + facts (the ROI predicted by the
+    bundle's localiser when the request has none); Grad-CAM maps -> files + per-joint evidence."""
 
     def __init__(self, settings: dict) -> None:
+        from distmsfa.localiser.bundle import bundle_localiser
+
         self.s = ServeSettings.from_dict(settings)
         self.predictor = _prepare_only_predictor(self.s.bundle)
+        self.localiser = bundle_localiser(self.s.bundle)  # None: requests without an ROI get roi_required
+        log.info("preprocess: %s", "localiser loaded (requests without an ROI are scored)" if self.localiser
+                 else "no localiser in the bundle (requests without an ROI are refused)")
 
-    def _prepare(self, upload: Upload) -> dict:
+    def _prepare(self, upload: Upload, return_roi: bool) -> dict:
         try:
             return prepare_upload(self.predictor, upload, max_unzipped_bytes=self.s.max_unzipped_bytes,
-                                  max_entries=self.s.max_zip_entries)
+                                  max_entries=self.s.max_zip_entries, localiser=self.localiser, return_roi=return_roi)
         except ServeError as exc:
             return {"error": {"status": exc.status, "code": exc.code, "message": exc.message}}
 
-    async def prepare(self, upload: Upload) -> dict:
-        return await asyncio.to_thread(self._prepare, upload)
+    async def prepare(self, upload: Upload, return_roi: bool = False) -> dict:
+        return await asyncio.to_thread(self._prepare, upload, return_roi)
 
-    async def render(self, maps: dict, pair: np.ndarray, facts: dict, t1_geometry: dict) -> dict:
-        from distmsfa.serving.heatmaps import render_gradcam
+    async def render(self, maps: dict, pair: np.ndarray, facts: dict, t1_geometry: dict,
+                     roi_crop: np.ndarray | None = None, note: str | None = None) -> dict:
+        from distmsfa.serving.heatmaps import gradcam_outputs
 
-        return await asyncio.to_thread(render_gradcam, maps, pair, facts, t1_geometry)
+        return await asyncio.to_thread(gradcam_outputs, maps, pair, facts, t1_geometry, roi_crop, note)
 
 
 @serve.deployment(name="Model")
@@ -139,6 +146,7 @@ class Model:
             "format": meta.get("format"),
             "created": (meta.get("source") or {}).get("created"),
             "device": str(self.predictor.device),
+            "localiser": meta.get("localiser"),
             "intended_use": "research use only; not a medical device",
         }
 
@@ -229,9 +237,9 @@ class Ingress:
         return collector.finish()
 
     # -- scoring ---------------------------------------------------------------------
-    async def _score(self, upload: Upload, gradcam: bool, rid: str, t_upload: float) -> dict:
+    async def _score(self, upload: Upload, gradcam: bool, return_roi: bool, rid: str, t_upload: float) -> dict:
         t0 = time.perf_counter()
-        prep = await self.pre.prepare.remote(upload)
+        prep = await self.pre.prepare.remote(upload, return_roi)
         if "error" in prep:
             e = prep["error"]
             raise ServeError(e["status"], e["code"], e["message"])
@@ -241,10 +249,15 @@ class Ingress:
         info = await self._info()
         answer = build_answer(case_id=upload.case_id, request_id=rid, row=row, predictor_info=info,
                               facts=prep["facts"], warnings=prep["warnings"],
-                              timing={"upload": t_upload, "preprocess": t1 - t0, "model": t2 - t1})
+                              timing={"upload": t_upload, "preprocess": t1 - t0, "model": t2 - t1}, roi=prep["roi"])
         if gradcam:
             maps = await self.model.gradcam.remote(prep["pair"])
-            answer["gradcam"] = await self.pre.render.remote(maps, prep["pair"], prep["facts"], prep["t1_geometry"])
+            out = await self.pre.render.remote(maps, prep["pair"], prep["facts"], prep["t1_geometry"],
+                                               prep["roi_crop"], prep["evidence_note"])
+            answer["gradcam"] = out["gradcam"]
+            answer["joint_evidence"] = out["joint_evidence"]
+            if out["joint_evidence"] is None:
+                answer["joint_evidence_note"] = out["joint_evidence_note"]
             answer["timing_ms"]["gradcam"] = round((time.perf_counter() - t2) * 1000.0, 2)
         return answer
 
@@ -255,7 +268,7 @@ class Ingress:
         return self._info_cache
 
     @api.post("/v1/predict")
-    async def predict(self, request: Request, gradcam: bool = False):
+    async def predict(self, request: Request, gradcam: bool = False, return_roi: bool = False):
         if self._draining:
             return _error(ServeError(UNAVAILABLE, "shutting_down", "the server is shutting down; retry after the given "
                                      "delay (another replica or the restarted server will answer)",
@@ -263,11 +276,11 @@ class Ingress:
                                               "Connection": "close"}))
         self._in_flight += 1
         try:
-            return await self._predict(request, gradcam)
+            return await self._predict(request, gradcam, return_roi)
         finally:
             self._in_flight -= 1
 
-    async def _predict(self, request: Request, gradcam: bool):
+    async def _predict(self, request: Request, gradcam: bool, return_roi: bool):
         rid = _request_id()
         t_start = time.perf_counter()
         case_id = None
@@ -276,9 +289,10 @@ class Ingress:
             upload = await self._read_upload(request)
             case_id = upload.case_id
             t_upload = time.perf_counter() - t_start
-            answer = await asyncio.wait_for(self._score(upload, gradcam, rid, t_upload), self.s.request_timeout_s)
+            answer = await asyncio.wait_for(self._score(upload, gradcam, return_roi, rid, t_upload), self.s.request_timeout_s)
             answer["timing_ms"]["total"] = round((time.perf_counter() - t_start) * 1000.0, 2)
-            log.info("request %s case %s: probability %.4f", rid, case_id or "-", answer["probability"])
+            log.info("request %s case %s: probability %.4f (roi %s)", rid, case_id or "-", answer["probability"],
+                     answer["roi_source"])
             return JSONResponse(answer)
         except ServeError as exc:
             log.info("request %s case %s: %d %s", rid, case_id or "-", exc.status, exc.code)

@@ -2,7 +2,8 @@
 
 Fields (``POST /v1/predict``): files ``t1`` and ``fs`` (NIfTI ``.nii``/``.nii.gz``, NRRD, MHA,
 or a ``.zip`` holding one DICOM series), the ROI as file ``roi`` (a label map on the T1 grid)
-or text ``roi_center_mm`` (``"x,y,z"``, LPS mm), optional text ``case_id``.  Anything else is
+or text ``roi_center_mm`` (``"x,y,z"``, LPS mm), or none (the bundle's localiser then predicts
+it, issue 13; without a localiser the service refuses the case), optional text ``case_id``.  Anything else is
 refused; so is a body that is not multipart.  The parser is incremental (``feed`` as the
 body streams in) so the ingress can enforce the size limit while reading.
 
@@ -36,7 +37,7 @@ class UploadedFile:
 
 @dataclasses.dataclass(frozen=True)
 class Upload:
-    """A checked request: ``t1``, ``fs`` files, exactly one ROI form, a case id (may be None)."""
+    """A checked request: ``t1``, ``fs`` files, at most one ROI form (none: to be predicted), a case id (may be None)."""
 
     t1: UploadedFile
     fs: UploadedFile
@@ -166,9 +167,9 @@ def build_upload(parts: list[tuple[str | None, str | None, bytearray]]) -> Uploa
         raise ServeError(UNPROCESSABLE, "missing_part",
                          f"missing file part(s) {', '.join(missing)}; send t1 and fs (and roi or roi_center_mm)")
     has_roi, has_center = "roi" in files, "roi_center_mm" in texts
-    if has_roi == has_center:
-        raise ServeError(UNPROCESSABLE, "missing_part" if not has_roi else "ambiguous_roi",
-                         "give exactly one ROI: a label map file part roi, or a text field roi_center_mm='x,y,z' (LPS mm)")
+    if has_roi and has_center:  # neither: the ROI is predicted (or refused) by the Preprocess stage
+        raise ServeError(UNPROCESSABLE, "ambiguous_roi",
+                         "give at most one ROI: a label map file part roi, or a text field roi_center_mm='x,y,z' (LPS mm)")
     center = parse_center(texts["roi_center_mm"]) if has_center else None
     case_id = texts.get("case_id") or None
     if case_id is not None and not _CASE_ID.match(case_id):

@@ -43,9 +43,15 @@ def test_good_multipart_streamed_in_small_chunks():
         (".nii.gz", b"x", b"y", None, (1.0, 2.0, 3.0), "ext-001")
 
 
+def test_no_roi_parses_to_a_case_whose_roi_is_predicted():
+    """Neither roi nor roi_center_mm: valid at parsing (the Preprocess stage predicts the ROI
+    with the bundle's localiser, or refuses the case with roi_required when it has none)."""
+    up = parse({"t1": ("a.nii", b"x"), "fs": ("b.nii", b"y")})
+    assert up.roi is None and up.roi_center_mm is None
+
+
 @pytest.mark.parametrize("parts,status,code", [
     ({"t1": ("a.nii", b"x"), "roi_center_mm": "1,2,3"}, 422, "missing_part"),
-    ({"t1": ("a.nii", b"x"), "fs": ("b.nii", b"y")}, 422, "missing_part"),
     ({**GOOD, "roi": ("r.nii.gz", b"z")}, 422, "ambiguous_roi"),
     ({**GOOD, "age": "42"}, 400, "unknown_field"),
     ({**GOOD, "t1": ("t1.png", b"x")}, 415, "unsupported_format"),
@@ -128,7 +134,7 @@ def _read(up):
 def test_read_good_nifti_and_dicom_zip(syn_cases):
     r = syn_cases["rows"][0]
     case = _read(_upload(read_bytes(r["t1"]), read_bytes(r["fs"]), roi=read_bytes(r["roi"])))
-    assert case.roi_source == "label_map" and case.t1.GetDimension() == 3
+    assert case.roi_kind == "label_map" and case.t1.GetDimension() == 3
     d = syn_cases["dicom"]
     phi = Phi()
     up = _upload(zip_folder(d["t1"]), zip_folder(d["fs"]), roi=read_bytes(d["roi"]), t1_name="t1.zip", fs_name="fs.zip")
