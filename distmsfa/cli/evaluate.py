@@ -17,6 +17,8 @@ def evaluate(
     n_boot: int = typer.Option(2000, "--n-boot", help="Bootstrap resamples for the 95% CIs of ACC/SEN/SPEC/F1."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
+    joint_evidence: bool = typer.Option(False, "--joint-evidence", help="Grad-CAM per case: add roi_source and the "
+                                        "left/right joint share of each branch's evidence to predictions.csv."),
 ) -> None:
     """Score a dataset split with a bundle: predictions, metrics with 95% CIs, ROC, calibration."""
     from distmsfa.evaluation.evaluate import EvaluateError, evaluate_bundle
@@ -25,7 +27,8 @@ def evaluate(
 
     try:
         with interruptible(f"evaluation of {bundle} on the {split} split", resume_command()):
-            res = evaluate_bundle(bundle, data, split, out, n_boot=n_boot, seed=seed, device=device)
+            res = evaluate_bundle(bundle, data, split, out, n_boot=n_boot, seed=seed, device=device,
+                                  joint_evidence=joint_evidence)
     except (EvaluateError, FileNotFoundError) as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     for w in res.warnings:

@@ -75,12 +75,29 @@ def montage_rows(run: Run) -> tuple[list[dict[str, Any]], list[str]]:
     notes = [f"no {k} case at threshold {run.summary['threshold']:.3f}" for k, p in picks.items() if p is None]
     if chosen.empty:
         return [], notes
-    x, maps = case_maps(run, chosen)
+    index = _index(run)
+    x, maps = case_maps(run, chosen, index)
     rows = []
     for i, (kind, p) in enumerate((k, p) for k, p in picks.items() if p is not None):
+        case_maps_i = {b: m[i] for b, m in maps.items()}
         rows.append({"title": f"{kind} {p['case_id']}\np={p['prob']:.2f} y={int(p['label'])}", "x": x[i],
-                     "maps": {b: m[i] for b, m in maps.items()}})
+                     "maps": case_maps_i, "evidence": case_evidence(run, index.loc[p["case_id"]], case_maps_i)})
     return rows, notes
+
+
+def case_evidence(run: Run, row: pd.Series, maps: dict[str, np.ndarray]) -> Optional[dict[str, dict]]:
+    """``joint_evidence`` of one case's maps with its crop ROI (``rois/<case>.npy``, given or
+    predicted), or None when the ROI holds no left (1) and right (2) joint labels."""
+    from distmsfa.data.index import load_array
+    from distmsfa.localiser.evidence import joint_evidence
+
+    rel = row.get("roi_path")
+    if not isinstance(rel, str) or not rel:
+        return None
+    roi = load_array(run.record["data"], rel, case_id=str(row.get("case_id")))
+    if roi.shape != next(iter(maps.values())).shape or not {1, 2} <= set(np.unique(roi).tolist()):
+        return None
+    return joint_evidence(maps, roi)
 
 
 def run_localisation(run: Run, lesions: dict[str, str], n_cases: int = 16, tolerance_mm: float = 5.0,

@@ -8,6 +8,13 @@ bundle's fold ensemble on a preprocessed dataset.
     DIR/roc.png, roc.svg   ROC with a 95 % bootstrap band
     DIR/calibration.png/.svg  reliability diagram with the Brier score
 
+With ``joint_evidence=True`` (``--joint-evidence``) predictions.csv also has, per case,
+``roi_source`` (given | predicted, from the dataset index) and ``evidence_<branch>_left`` /
+``evidence_<branch>_right``: the share of the fold ensemble's Grad-CAM energy of each branch
+inside the left / right joint mask of the case's crop ROI (``rois/<case>.npy``, given or
+predicted; ``distmsfa.localiser.joint_evidence``).  Empty where the ROI holds no left and
+right joint labels (an ROI given as a centre or a box).
+
 The dataset must have been preprocessed as the bundle's training data was (spacing, crop,
 orientation, intensity clipping, interpolation): otherwise the models see other inputs
 than they learned from, and :class:`EvaluateError` names the difference.
@@ -100,9 +107,31 @@ def predict_rows(pred, data: str, rows: pd.DataFrame, batch_size: int = 8) -> pd
     return df
 
 
+def evidence_columns(pred, data: str, rows: pd.DataFrame, batch_size: int = 4) -> pd.DataFrame:
+    """Per-case left/right Grad-CAM evidence (module doc) of ``rows`` (index rows), in row order."""
+    from distmsfa.data.index import load_array, load_pair
+    from distmsfa.localiser.evidence import joint_evidence
+
+    recs: list[dict[str, Any]] = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows.iloc[i:i + batch_size].to_dict("records")
+        x = np.stack([load_pair(data, r, verify=True) for r in chunk]).astype(np.float32)
+        maps = pred.gradcam(x)
+        for j, r in enumerate(chunk):
+            src = r.get("roi_source")
+            rec: dict[str, Any] = {"roi_source": src if isinstance(src, str) and src else "given"}
+            roi = load_array(data, r["roi_path"], case_id=r["case_id"]) if r.get("roi_path") else None
+            if roi is not None and {1, 2} <= set(np.unique(roi).tolist()):
+                for branch, sh in joint_evidence({b: m[j] for b, m in maps.items()}, roi).items():
+                    rec[f"evidence_{branch}_left"] = sh["left"]
+                    rec[f"evidence_{branch}_right"] = sh["right"]
+            recs.append(rec)
+    return pd.DataFrame(recs, index=rows.index)
+
+
 def evaluate_bundle(bundle: str | os.PathLike[str], data: str | os.PathLike[str], split: str = "external",
                     out: str | os.PathLike[str] = "evaluation", *, n_boot: int = 2000, seed: int = 0,
-                    device: Optional[str] = None, batch_size: int = 8) -> EvaluateResult:
+                    device: Optional[str] = None, batch_size: int = 8, joint_evidence: bool = False) -> EvaluateResult:
     """Score ``split`` of the dataset at ``data`` with the bundle; write DIR (module doc)."""
     from distmsfa.bundle import BundleError, load_bundle
     from distmsfa.data.index import read_index
@@ -134,6 +163,9 @@ def evaluate_bundle(bundle: str | os.PathLike[str], data: str | os.PathLike[str]
         warnings.append("these internal cases trained the bundle's fold models: the metrics below are NOT an estimate of "
                         "performance (use the CV run's summary, or --split external)")
     df = predict_rows(pred, data, rows, batch_size)
+    if joint_evidence:
+        ev = evidence_columns(pred, data, rows)
+        df = pd.concat([df, ev.set_index(df.index)], axis=1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "predictions.csv", index=False)

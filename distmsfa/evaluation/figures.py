@@ -109,9 +109,10 @@ def calibration_figure(labels: np.ndarray, probs: np.ndarray, out_stem: str | Pa
 
 
 def gradcam_montage(rows: Sequence[dict], out_stem: str | Path, title: str = "Grad-CAM") -> list[Path]:
-    """Figure 5. Each row: ``{"title": str, "x": (2, D, H, W) pair, "maps": {branch: (D, H, W)}}``;
-    shown at the slice where the maps' summed energy peaks: T1, FS, then each map over the
-    sequence it explains (T1 map over T1, FS map over FS, other maps over FS)."""
+    """Figure 5. Each row: ``{"title": str, "x": (2, D, H, W) pair, "maps": {branch: (D, H, W)}}``,
+    optionally ``"evidence"`` (``joint_evidence``: each map's panel is labelled with its left /
+    right joint shares); shown at the slice where the maps' summed energy peaks: T1, FS, then
+    each map over the sequence it explains (T1 map over T1, FS map over FS, other maps over FS)."""
     plt = _plt()
     branches = sorted({b for r in rows for b in r["maps"]}, key=lambda b: {"t1": 0, "fs": 1, "fuse": 2}.get(b, 3))
     ncol = 2 + len(branches)
@@ -133,6 +134,9 @@ def gradcam_montage(rows: Sequence[dict], out_stem: str | Path, title: str = "Gr
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(name, fontsize=8)
+            ev = (r.get("evidence") or {}).get(name[:-4]) if name.endswith(" map") else None
+            if ev:
+                ax.set_xlabel(f"L {ev['left']:.0%}  R {ev['right']:.0%}", fontsize=7)
         axes[i, 0].set_ylabel(f"{r['title']}\nslice {z}", fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -89,10 +89,16 @@ def make_report(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLi
             imgs = figures.gradcam_montage(rows, out / "figures" / f"fig5_gradcam_{_safe(ref.path.name)}",
                                            f"Figure 5: Grad-CAM per branch, {ref.name} (out-of-fold models)")
             files.extend(imgs)
-            sections.append(Section(f"Figure 5: Grad-CAM, {ref.name}", None,
+            ev_rows = [{"case": r["title"].split("\n")[0], "branch": b, "left": f"{sh['left']:.0%}",
+                        "right": f"{sh['right']:.0%}", "outside": f"{sh['outside']:.0%}", "side": sh["side"]}
+                       for r in rows for b, sh in (r.get("evidence") or {}).items()]
+            ev_note = (["Under each map (and in the table): the share of its energy inside the left (L) and right (R) "
+                        "joint masks of the case's crop ROI (rois/<case>.npy, given or predicted by the localiser)."]
+                       if ev_rows else ["No per-joint shares: the ROIs hold no left/right joint labels."])
+            sections.append(Section(f"Figure 5: Grad-CAM, {ref.name}", pd.DataFrame(ev_rows) if ev_rows else None,
                                     ["Most confident TP / FP / FN / TN out-of-fold cases at the run's threshold; each case "
                                      "explained by the fold model that did not train on it; slice of peak map energy."]
-                                    + notes, imgs))
+                                    + ev_note + notes, imgs))
         if lesions:
             from distmsfa.evaluation.localisation import lesion_paths
 

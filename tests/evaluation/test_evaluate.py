@@ -67,3 +67,46 @@ def test_a_differently_preprocessed_dataset_is_refused_naming_the_difference(bun
     r = CliRunner().invoke(_app(), ["evaluate", "--bundle", str(bundle), "--data", str(tiny_data), "--split", "train",
                                     "--out", str(tmp_path / "z")])
     assert r.exit_code == 2 and "--split" in r.output
+
+
+def _halves_roi(shape) -> np.ndarray:
+    """Left joint (1) = the crop's high-W half (patient left in LIP), right joint (2) = the low-W half,
+    with a band between them outside both."""
+    roi = np.zeros(shape, np.uint8)
+    w = shape[-1]
+    roi[..., w // 2 + 2:] = 1
+    roi[..., : w // 2 - 2] = 2
+    return roi
+
+
+def test_joint_evidence_columns_split_each_branchs_gradcam_by_the_crop_roi(bundle, tiny_data, tmp_path):
+    """--joint-evidence: per case and branch, the share of the ensemble's Grad-CAM energy in the
+    left / right masks of rois/<case>.npy, computed here independently from the maps; a case whose
+    ROI has no joint labels gets empty cells."""
+    from distmsfa.bundle import load_bundle
+    from distmsfa.data.index import load_pair, read_index, save_array
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    idx = read_index(data)
+    ext = idx[idx["is_external"].astype(bool)].sort_values("case_id")
+    roi = _halves_roi(tuple(ext.iloc[0]["shape"])[-3:])
+    for cid in ext["case_id"].iloc[1:]:
+        save_array(data, f"rois/{cid}.npy", roi)
+    evaluate_bundle(bundle, data, "external", tmp_path / "ev", n_boot=20, joint_evidence=True)
+    pred = pd.read_csv(tmp_path / "ev" / "predictions.csv", dtype={"case_id": str}).set_index("case_id")
+    assert (pred["roi_source"] == "given").all()
+    p = load_bundle(bundle, device="cpu")
+    x = np.stack([load_pair(data, r) for r in ext.to_dict("records")]).astype(np.float32)
+    maps = p.gradcam(x)
+    w = x.shape[-1]
+    for i, cid in enumerate(ext["case_id"]):
+        for b, m in maps.items():
+            left, right = pred.loc[cid, f"evidence_{b}_left"], pred.loc[cid, f"evidence_{b}_right"]
+            if i == 0:  # its ROI is all zero: no joints, no shares
+                assert np.isnan(left) and np.isnan(right)
+                continue
+            tot = m[i].sum()
+            assert left == pytest.approx(m[i][..., w // 2 + 2:].sum() / tot, abs=2e-4)
+            assert right == pytest.approx(m[i][..., : w // 2 - 2].sum() / tot, abs=2e-4)
+            assert 0 <= left <= 1 and 0 <= right <= 1 and left + right <= 1 + 1e-3

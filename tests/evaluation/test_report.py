@@ -142,3 +142,33 @@ def test_localisation_section_uses_lesion_masks_on_the_crop_grid(two_runs, tiny_
         assert 0.0 <= s["pointing"] <= 1.0 and 0.0 <= s["energy"] <= 1.0
     assert png_is_not_blank(rep.out / "figures" / "localisation.png")
     assert "pointing game" in (rep.out / "report.md").read_text(encoding="utf-8")
+
+
+def test_montage_rows_carry_left_right_shares_and_label_the_figure(two_runs, tiny_data, tmp_path):
+    """cams.case_evidence splits a case's maps by its crop ROI (given or predicted); the montage
+    writes the shares under each map; an ROI without joint labels gives none."""
+    import types
+
+    from distmsfa.data.index import read_index, save_array
+    from distmsfa.evaluation import figures
+    from distmsfa.evaluation.cams import case_evidence
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    row = read_index(data).iloc[0]
+    d, h, w = tuple(row["shape"])[-3:]
+    roi = np.zeros((d, h, w), np.uint8)
+    roi[:, :, w // 2:] = 1
+    roi[:, :, : w // 4] = 2
+    run = types.SimpleNamespace(record={"data": str(data)})
+    heat = np.zeros((d, h, w), np.float32)
+    heat[:, :, w - 4:] = 1.0  # all on the left joint
+    assert case_evidence(run, row, {"t1": heat}) is None  # the tiny dataset's ROIs are empty
+    save_array(data, row["roi_path"], roi)
+    ev = case_evidence(run, row, {"t1": heat, "fs": np.ones((d, h, w), np.float32)})
+    assert ev["t1"]["left"] == 1.0 and ev["t1"]["side"] == "left"
+    assert ev["fs"]["left"] == pytest.approx(0.5, abs=1e-3) and ev["fs"]["right"] == pytest.approx(0.25, abs=1e-3)
+    x = np.random.default_rng(0).random((2, d, h, w)).astype(np.float32)
+    out = figures.gradcam_montage([{"title": "TP c000", "x": x, "maps": {"t1": heat, "fs": heat}, "evidence": ev}],
+                                  tmp_path / "fig5", "Figure 5")
+    assert png_is_not_blank(out[0])

@@ -43,6 +43,42 @@ def bundle(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_preprocess_takes_a_bundle_that_carries_a_localiser(bundle, trained, cohort, tmp_path):
+    """`preprocess --localiser BUNDLE`: the bundle's localiser (verified with the bundle's checksums)
+    predicts the ROI of a case without one; a bundle without a localiser is refused in one line.
+    (Runs before the test below, which alters the module bundle; works on a copy.)"""
+    import shutil
+
+    import pandas as pd
+
+    from distmsfa.cli.main import app
+    from distmsfa.data import PreprocessConfig, build_dataset
+    from distmsfa.data.index import read_index
+    from distmsfa.localiser import attach_localiser, localiser_folder
+
+    folder, _, held_out = trained
+    plain = shutil.copytree(bundle, tmp_path / "plain")
+    assert not (plain / "localiser").exists()
+    m = pd.read_csv(cohort)
+    m = m[m["case_id"] == held_out[0].case_id].copy()
+    m["t1"] = [str(cohort.parent / v) for v in m["t1"]]
+    m["fs"] = [str(cohort.parent / v) for v in m["fs"]]
+    m["roi"] = ""
+    man = tmp_path / "manifest.csv"
+    m[["case_id", "patient_id", "label", "site", "t1", "fs", "roi"]].to_csv(man, index=False)
+    res = CliRunner().invoke(app, ["preprocess", str(man), "--out", str(tmp_path / "ds0"), "--serial",
+                                   "--localiser", str(plain)])
+    assert res.exit_code == 2 and "carries no localiser" in res.output and res.output.count("\n") == 1, res.output
+    withloc = shutil.copytree(plain, tmp_path / "withloc")
+    attach_localiser(withloc, folder)
+    assert localiser_folder(withloc) == withloc / "localiser"
+    cfg = PreprocessConfig(target_spacing_mm=(5.0, 2.5, 2.5), crop_size=(8, 48, 64), n_folds=2)
+    rep = build_dataset(man, tmp_path / "ds", cfg, address="serial", progress=False, localiser=withloc)
+    assert rep.n_done == 1 and not rep.failures, rep.failures
+    assert read_index(tmp_path / "ds").iloc[0]["roi_source"] == "predicted"
+
+
+@pytest.mark.slow
 def test_bundle_carries_a_verified_localiser(bundle, trained):
     from distmsfa.bundle.layout import BundleError, verify_bundle
     from distmsfa.cli.main import app

@@ -354,3 +354,171 @@ def test_real_prostatex_dicom_pair_zipped(server, predictor, real_data, tmp_path
     assert phi.values and not any(v.lower() in r.text.lower() for v in phi.values if len(v) >= 5)
     assert a["preprocessing"]["t1_input"]["size"] == list(ref.GetSize())
     del img
+
+
+# -- issue 13: requests without an ROI (the bundle's localiser), per-joint evidence -----------
+# A second application on the same Serve instance (route prefix /loc): a copy of the module's
+# bundle with a localiser attached, trained here for a few epochs on the served cohort.
+
+@pytest.fixture(scope="module")
+def loc_bundle(bundle, syn_cases, tmp_path_factory) -> Path:
+    import torch
+
+    from distmsfa.io.manifest import load_manifest
+    from distmsfa.localiser import (LocaliserConfig, LocaliserTrainConfig, attach_localiser, fit, load_cases,
+                                    save_localiser)
+
+    base = tmp_path_factory.mktemp("loc-bundle")
+    cfg = LocaliserConfig(grid_size_dhw=(8, 32, 32), spacing_dhw_mm=(10.0, 8.0, 8.0), channels=(8, 16, 32))
+    cases, failures = load_cases(load_manifest(syn_cases["manifest"]).cases, cfg)
+    assert not failures, failures
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        loc, _ = fit(cases, cfg, LocaliserTrainConfig(epochs=30, batch_size=2, lr=1e-2, shift_vox=(1, 2, 2), seed=0))
+    finally:
+        torch.set_num_threads(threads)
+    out = shutil.copytree(bundle, base / "bundle")
+    attach_localiser(out, save_localiser(loc, base / "L"))
+    return Path(out)
+
+
+@pytest.fixture(scope="module")
+def loc_server(server, loc_bundle):
+    from ray import serve
+
+    from distmsfa.serving import auth
+    from distmsfa.serving.ray_serve import build_app
+
+    s = server["settings"]
+    settings = type(s).from_dict({**s.to_dict(), "bundle": str(loc_bundle), "api_key_sha256": auth.key_digest(KEY),
+                                  "cpus_per_preprocess": 0.5})  # 4 CPUs: both apps fit
+    serve.run(build_app(settings), name="distmsfa-loc", route_prefix="/loc", blocking=False)
+    url = server["url"] + "/loc"
+    deadline = time.monotonic() + 300
+    while httpx.get(url + "/v1/health", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "localiser app not ready"
+        time.sleep(0.5)
+    yield {**server, "url": url}
+    serve.delete("distmsfa-loc")
+
+
+def _no_roi(row: dict, **extra) -> dict:
+    return {"t1": ("t1.nii.gz", read_bytes(row["t1"])), "fs": ("fs.nii.gz", read_bytes(row["fs"])),
+            "case_id": row["case_id"], **extra}
+
+
+def _check_evidence(a: dict) -> None:
+    ev = a["joint_evidence"]
+    assert set(ev) == set(a["gradcam"]["branches"]) and {"t1", "fs"} <= set(ev)
+    for shares in ev.values():
+        assert {"left", "right", "outside", "side"} <= set(shares)
+        assert all(0.0 <= shares[k] <= 1.0 for k in ("left", "right", "outside"))
+        if shares["side"] == "none":  # an all-zero map (the 1-epoch test model has some)
+            assert shares["left"] == shares["right"] == shares["outside"] == 0.0
+            continue
+        assert shares["side"] in ("left", "right") and shares["left"] + shares["right"] > 0, ev
+        assert abs(shares["left"] + shares["right"] + shares["outside"] - 1.0) < 2e-3
+        assert shares["side"] == ("left" if shares["left"] >= shares["right"] else "right")
+    assert any(sh["side"] != "none" for sh in ev.values()), ev
+
+
+def test_request_without_roi_to_a_bundle_without_localiser_is_refused(server, syn_cases):
+    r = post(server, _no_roi(syn_cases["rows"][0]))
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "roi_required" and "localiser" in err["message"] and "\n" not in err["message"]
+    ok = post(server, _parts(syn_cases["rows"][1]))
+    assert ok.status_code == 200 and ok.json()["roi_source"] == "given"
+
+
+def test_predicted_roi_answer_label_map_and_joint_evidence(loc_server, loc_bundle, syn_cases):
+    import tempfile
+
+    from distmsfa.bundle import load_bundle
+    from distmsfa.localiser import bundle_localiser
+
+    row = syn_cases["rows"][0]
+    parts = _no_roi(row)
+    r = post(loc_server, parts, query="?return_roi=true&gradcam=true")
+    assert r.status_code == 200, r.text
+    a = r.json()
+    assert a["roi_source"] == "predicted" and a["roi"]["source"] == "predicted"
+    # the served path is the in-process one: same localiser, same crop, same probability
+    ref = _in_process_with(load_bundle(loc_bundle, device="cpu"), parts, bundle_localiser(loc_bundle))
+    assert abs(a["probability"] - ref["probability"]) < 1e-5
+    assert a["preprocessing"]["crop_origin_mm"] == pytest.approx(ref["preprocessing"]["crop_origin_mm"], abs=1e-3)
+    # the label map: NIfTI on the uploaded T1's grid, 1 = left (LPS +x), 2 = right
+    t1 = sitk.ReadImage(row["t1"])
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "roi.nii.gz")
+        Path(p).write_bytes(base64.b64decode(a["roi"]["label_map_nifti_gz_base64"]))
+        lab = sitk.ReadImage(p)
+    assert lab.GetSize() == t1.GetSize() and np.allclose(lab.GetOrigin(), t1.GetOrigin(), atol=1e-3)
+    arr = sitk.GetArrayFromImage(lab)
+    assert set(np.unique(arr).tolist()) == {0, 1, 2}
+    cx = {k: lab.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in np.argwhere(arr == k).mean(0)[::-1]))
+          for k in (1, 2)}
+    assert cx[1][0] > cx[2][0]  # the left joint on the patient's left
+    manual = np.asarray([float(v) for v in _roi_center(row).split(",")])
+    assert np.linalg.norm(np.asarray(a["roi"]["centroids_mm"]["roi"]) - manual) < 15.0
+    _check_evidence(a)
+
+
+def test_given_roi_with_a_localiser_bundle_and_centre_without_evidence(loc_server, server, syn_cases):
+    row = syn_cases["rows"][1]
+    r = post(loc_server, _parts(row), query="?gradcam=true&return_roi=true")
+    assert r.status_code == 200, r.text
+    a = r.json()
+    assert a["roi_source"] == "given" and "label_map_nifti_gz_base64" not in a["roi"]
+    _check_evidence(a)
+    plain = post(server, _parts(row)).json()  # same weights, same ROI: same answer as the bundle without localiser
+    assert abs(a["probability"] - plain["probability"]) < 1e-5
+    c = post(loc_server, _parts(row, _roi_center(row)), query="?gradcam=true").json()
+    assert c["roi_source"] == "given" and c["joint_evidence"] is None and "centre" in c["joint_evidence_note"]
+
+
+def test_implausible_predicted_roi_is_a_422_naming_the_case(loc_server, syn_cases):
+    row = syn_cases["rows"][0]
+    rng = np.random.default_rng(0)
+    noisy = {}
+    for k in ("t1", "fs"):
+        ref = sitk.ReadImage(row[k])
+        img = sitk.GetImageFromArray(rng.normal(100, 10, sitk.GetArrayViewFromImage(ref).shape).astype(np.float32))
+        img.CopyInformation(ref)
+        noisy[k] = (f"{k}.nii.gz", nifti_bytes(img))
+    r = post(loc_server, {**noisy, "case_id": "noise-1"})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "implausible_roi" and err["message"].startswith("case noise-1: roi: no plausible"), err
+    ok = post(loc_server, _no_roi(syn_cases["rows"][1]))
+    assert ok.status_code == 200 and ok.json()["roi_source"] == "predicted", ok.text
+
+
+def test_score_sends_cases_without_roi_and_records_roi_source(loc_server, server, syn_cases, tmp_path):
+    from distmsfa.serving.client import score_manifest
+
+    rows = syn_cases["more"][:4]
+    man = pd.DataFrame([{k: r[k] for k in ("case_id", "patient_id", "label", "site", "t1", "fs", "roi")} for r in rows])
+    man.loc[[0, 2], "roi"] = ""  # two cases without an ROI
+    mpath = tmp_path / "manifest.csv"
+    man.to_csv(mpath, index=False)
+    rep = score_manifest(loc_server["url"], mpath, tmp_path / "loc", api_key=KEY, concurrency=2, progress=False)
+    assert rep.n_scored == 4 and rep.n_failed == 0, rep.failures
+    pred = pd.read_csv(tmp_path / "loc" / "predictions.csv").set_index("case_id")
+    src = {r["case_id"]: ("predicted" if i in (0, 2) else "given") for i, r in enumerate(rows)}
+    assert pred["roi_source"].to_dict() == src
+    rep = score_manifest(server["url"], mpath, tmp_path / "plain", api_key=KEY, concurrency=2, progress=False)
+    failed = pd.read_csv(tmp_path / "plain" / "failed.csv")
+    assert rep.n_scored == 2 and sorted(failed["case_id"]) == sorted(rows[i]["case_id"] for i in (0, 2))
+    assert set(failed["code"]) == {"roi_required"} and set(failed["status"].astype(int)) == {422}
+
+
+def _in_process_with(predictor, parts: dict, localiser) -> dict:
+    from distmsfa.serving.service import score_in_process
+    from distmsfa.serving.uploads import MultipartCollector, encode_multipart
+
+    body, ctype = encode_multipart(parts)
+    c = MultipartCollector(ctype)
+    c.feed(body)
+    return score_in_process(predictor, c.finish(), localiser=localiser)
