@@ -15,6 +15,7 @@ import pytest
 from distmsfa.config import ConfigError
 from distmsfa.data.index import read_index
 from distmsfa.evaluation.metrics import binary_metrics
+from distmsfa.models import create_model, list_models
 from distmsfa.training.batches import PlainSource, epoch_plan, fold_rows
 from distmsfa.training.config import CVConfig, TrainConfig
 from distmsfa.training.distributed import gather_predictions, reduce_train_metrics, shard_ids, shard_plan
@@ -122,3 +123,17 @@ def test_two_gloo_ranks_score_exactly_what_one_process_scores_with_the_same_weig
     xe = evaluate(model, single.external_batches(), rt)  # the external site too (one case per rank)
     assert list(r0["external"]["case_id"]) == xe.case_ids
     np.testing.assert_allclose(r0["external"]["prob"], xe.prob, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registry_model_gives_every_parameter_a_gradient_so_ddp_needs_no_unused_search(name):
+    """DistContext wraps with find_unused_parameters=False: a parameter left without a
+    gradient in a step would make DDP raise at the next one."""
+    import torch
+
+    torch.manual_seed(0)
+    model = create_model(name, preset="tiny").train()
+    out = model(torch.rand(4, 2, 8, 32, 32))
+    loss, _ = model.loss(out, torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    loss.backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
