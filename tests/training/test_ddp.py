@@ -137,3 +137,15 @@ def test_every_registry_model_gives_every_parameter_a_gradient_so_ddp_needs_no_u
     loss, _ = model.loss(out, torch.tensor([0.0, 1.0, 0.0, 1.0]))
     loss.backward()
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_a_tune_trial_reserves_every_ddp_worker_of_its_folds():
+    from distmsfa.hpo.study import default_concurrency, trial_footprint
+
+    cv = {"cpus_per_fold": 2.0, "data_cpus": 0.25, "gpus_per_fold": 1.0}
+    one = trial_footprint(4, {**cv, "workers_per_fold": 1}, 1.0, use_gpu=True)
+    two = trial_footprint(4, {**cv, "workers_per_fold": 2}, 1.0, use_gpu=True)
+    assert one == {"CPU": 1.0 + 4 * 2.25, "GPU": 4.0} and two == {"CPU": 1.0 + 4 * 4.25, "GPU": 8.0}
+    assert default_concurrency({"CPU": 64, "GPU": 8}, two) == 1  # 4 folds x 2 GPUs fill 8 GPUs
+    quarter = trial_footprint(4, {**cv, "gpus_per_fold": 0.25}, 1.0, use_gpu=True)
+    assert quarter["GPU"] == 1.0  # four folds on one GPU
