@@ -32,6 +32,8 @@ def cv(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address; default: start a local Ray."),
     resume: bool = typer.Option(False, "--resume", help="Continue the stopped run in --out from its checkpoints."),
     gpus_per_fold: Optional[float] = typer.Option(None, "--gpus-per-fold", help="GPU share per fold; 0.5 = two folds per GPU."),
+    workers_per_fold: Optional[int] = typer.Option(None, "--workers-per-fold", help="DDP workers (GPUs) per fold, "
+                                                   "for more GPUs than folds (docs/training.md)."),
     plain: bool = typer.Option(False, "--plain", help="No Ray: run the folds one after another in this process."),
     selection: Optional[str] = typer.Option(None, "--selection", help="Checkpoint rule: inner (default, honest), val "
                                             "(the paper's, optimistic) or last; see docs/evaluation.md."),
@@ -60,7 +62,8 @@ def cv(
         with interruptible(f"cross-validation of {model} in {run_dir}", resume_cmd):
             run_cv(data, model, config, profile=profile, folds=fold_list, out=run_dir, address=address, resume=resume,
                    gpus_per_fold=gpus_per_fold, plain=plain,
-                   overrides={"selection": selection} if selection else None)
+                   overrides={**({"selection": selection} if selection else {}),
+                              **({"workers_per_fold": workers_per_fold} if workers_per_fold else {})} or None)
     except (ConfigError, CVError, FileNotFoundError, KeyError, PairChecksumError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         fail(str(msg).splitlines()[0] if msg else type(exc).__name__)

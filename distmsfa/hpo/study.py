@@ -197,13 +197,14 @@ def load_study(config: str | Path | Mapping[str, Any] | None = None, *, model: O
 # --- resources -----------------------------------------------------------------------------
 
 def trial_footprint(n_folds: int, cv: Mapping[str, Any], trial_cpus: float, use_gpu: bool) -> dict[str, float]:
-    """What one running trial holds: its actor's CPU plus each fold's worker and loading share."""
+    """What one running trial holds: its actor's CPU plus each fold's workers (``workers_per_fold``
+    DDP ranks) and loading share."""
     from distmsfa.training.config import CVConfig
 
     c = CVConfig.from_dict(cv)
-    res = {"CPU": trial_cpus + n_folds * (c.cpus_per_fold + c.data_cpus)}
+    res = {"CPU": trial_cpus + n_folds * (c.cpus_per_fold * c.workers_per_fold + c.data_cpus)}
     if use_gpu:
-        res["GPU"] = n_folds * c.gpus_per_fold
+        res["GPU"] = n_folds * c.gpus_per_fold * c.workers_per_fold
     return res
 
 

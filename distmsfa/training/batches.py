@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from distmsfa.data.index import load_pair
+from distmsfa.training.distributed import shard_ids, shard_plan
 
 Batch = dict[str, Any]
 
@@ -128,11 +129,15 @@ def fold_rows(index: pd.DataFrame, fold: int, selection: str = "val", inner_frac
 
 
 class PlainSource:
-    """Loads pairs from the dataset root with :func:`load_pair`; a thread prefetches batches."""
+    """Loads pairs from the dataset root with :func:`load_pair`; a thread prefetches batches.
+
+    ``rank``/``world``: yield only this rank's share, for a fold trained with DDP over
+    ``world`` processes (:mod:`distmsfa.training.distributed`)."""
 
     def __init__(self, root: str, train: pd.DataFrame, val: pd.DataFrame, batch_size: int, seed: int,
                  prefetch: int = 2, workers: int = 4, inner: pd.DataFrame | None = None,
-                 external: pd.DataFrame | None = None) -> None:
+                 external: pd.DataFrame | None = None, rank: int = 0, world: int = 1) -> None:
+        self.rank, self.world = rank, world
         self.root = str(root)
         self.batch_size = batch_size
         self.seed = seed
@@ -163,13 +168,17 @@ class PlainSource:
                 yield batch
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
-        return self._iterate(epoch_plan(self.train_ids, self.seed, epoch, self.batch_size))
+        plan = epoch_plan(self.train_ids, self.seed, epoch, self.batch_size)
+        return self._iterate(shard_plan(plan, self.rank, self.world, self.batch_size))
+
+    def _eval_ids(self, ids: Sequence[str]) -> list[str]:
+        return shard_ids(val_plan(ids), self.rank, self.world)
 
     def val_batches(self) -> Iterator[Batch]:
-        return self._iterate(val_plan(self.val_ids))
+        return self._iterate(self._eval_ids(self.val_ids))
 
     def inner_batches(self) -> Iterator[Batch]:
-        return self._iterate(val_plan(self.inner_ids))
+        return self._iterate(self._eval_ids(self.inner_ids))
 
     def external_batches(self) -> Iterator[Batch]:
-        return self._iterate(val_plan(self.external_ids))
+        return self._iterate(self._eval_ids(self.external_ids))

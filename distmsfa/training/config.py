@@ -131,7 +131,10 @@ class CVConfig(Config):
     store once (False: stream them from storage every epoch, for sets larger than the
     object store; costs a Ray Data execution per epoch).  ``materialize_val``: keep each fold's validation pairs in the object
     store instead of re-reading them every epoch.  ``read_concurrency``: cap on a fold's
-    parallel Ray Data read tasks (None = Ray Data decides; each task is a process)."""
+    parallel Ray Data read tasks (None = Ray Data decides; each task is a process).
+    ``workers_per_fold``: Ray Train workers (DDP ranks) per fold, each with
+    ``gpus_per_fold`` GPU and ``cpus_per_fold`` CPUs; > 1 when there are more GPUs than
+    folds (docs/training.md, "Several GPUs per fold"); ``batch_size`` is then per worker."""
 
     folds: Optional[tuple[int, ...]] = None
     gpus_per_fold: float = 1.0
@@ -142,6 +145,7 @@ class CVConfig(Config):
     materialize_train: bool = True
     materialize_val: bool = True
     read_concurrency: Optional[int] = 2
+    workers_per_fold: int = 1
 
     def __post_init__(self) -> None:
         n = type(self).__name__
@@ -154,4 +158,9 @@ class CVConfig(Config):
         require(self.max_parallel is None or self.max_parallel >= 1, n, f"max_parallel={self.max_parallel} must be >= 1 or null")
         require(self.read_concurrency is None or self.read_concurrency >= 1, n,
                 f"read_concurrency={self.read_concurrency} must be >= 1 or null")
+        require(isinstance(self.workers_per_fold, int) and 1 <= self.workers_per_fold <= 64, n,
+                f"workers_per_fold={self.workers_per_fold!r} must be an integer in [1, 64] (DDP workers per fold)")
+        require(self.workers_per_fold == 1 or self.gpus_per_fold >= 1, n,
+                f"gpus_per_fold={self.gpus_per_fold} with workers_per_fold={self.workers_per_fold}: a fold's DDP "
+                f"workers need a whole GPU each (NCCL refuses two ranks on one GPU); use gpus_per_fold: 1")
         require(self.max_failures >= -1, n, f"max_failures={self.max_failures} must be >= 0 (or -1 = unlimited)")

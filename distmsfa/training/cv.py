@@ -266,7 +266,8 @@ def _run_ray(data, index, todo, tcfg, ccfg, run_dir, address, event, live) -> di
         logging.getLogger("ray.train").setLevel(max(logging.WARNING, logging.getLogger("ray.train").level))
         logging.getLogger("ray.data").setLevel(max(logging.WARNING, logging.getLogger("ray.data").level))
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-        par = ray_train.cluster_parallelism(ccfg.gpus_per_fold, ccfg.cpus_per_fold, ccfg.data_cpus, use_gpu)
+        par = ray_train.cluster_parallelism(ccfg.gpus_per_fold, ccfg.cpus_per_fold, ccfg.data_cpus, use_gpu,
+                                            ccfg.workers_per_fold)
         if ccfg.max_parallel:
             par = min(par, ccfg.max_parallel)
         par = max(1, min(par, len(todo) or 1))
@@ -274,7 +275,7 @@ def _run_ray(data, index, todo, tcfg, ccfg, run_dir, address, event, live) -> di
         if ccfg.cpus_per_fold + ccfg.data_cpus > node_cpus:
             raise CVError(f"cv.cpus_per_fold ({ccfg.cpus_per_fold}) + cv.data_cpus ({ccfg.data_cpus}) exceed the CPUs of "
                           f"the largest node ({node_cpus}); lower them in the profile or --config")
-        threads = tcfg.num_threads or max(1, (os.cpu_count() or 1) // par)
+        threads = tcfg.num_threads or max(1, (os.cpu_count() or 1) // (par * ccfg.workers_per_fold))
         run_id = f"{os.getpid()}-{abs(hash(str(run_dir))) % 10**8}"
         hub = ray_train.start_hub(run_id)
         try:
@@ -288,6 +289,7 @@ def _run_ray(data, index, todo, tcfg, ccfg, run_dir, address, event, live) -> di
                         "train_rows": _rows(rows.train), "val_rows": _rows(rows.val), "inner_rows": _rows(rows.inner),
                         "external_rows": _rows(rows.external), "name": f"fold{f}",
                         "storage_path": str(run_dir / "ray"), "use_gpu": use_gpu, "gpus_per_fold": ccfg.gpus_per_fold,
+                        "workers_per_fold": ccfg.workers_per_fold,
                         "cpus_per_fold": ccfg.cpus_per_fold, "data_cpus": ccfg.data_cpus,
                         "materialize_train": ccfg.materialize_train, "materialize_val": ccfg.materialize_val,
                         "max_failures": ccfg.max_failures, "read_concurrency": ccfg.read_concurrency}

@@ -21,6 +21,7 @@ from distmsfa.evaluation.metrics import binary_metrics
 from distmsfa.training.augment import augment_batch
 from distmsfa.training.batches import Batch, BatchSource
 from distmsfa.training.config import TrainConfig
+from distmsfa.training.distributed import DistContext, gather_predictions, reduce_train_metrics
 from distmsfa.training.schedule import make_scheduler
 
 BEST_FILE = "best.pt"
@@ -122,15 +123,19 @@ def _forward(model, x: torch.Tensor, rt: Runtime) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in out.items()}
 
 
-def train_epoch(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, epoch: int, rt: Runtime) -> dict[str, float]:
+def train_epoch(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, epoch: int, rt: Runtime,
+                net: Optional[torch.nn.Module] = None, dist: Optional[DistContext] = None) -> dict[str, float]:
+    """One epoch over ``batches``; ``net``: the module the steps run through (DDP around
+    ``model`` on several ranks; default ``model``).  The returned metrics are this rank's."""
+    net = model if net is None else net
     model.train()
     total, n, wait, logs_sum = 0.0, 0, 0.0, {}
     t_end = time.perf_counter()
     for step, batch in enumerate(batches):
         wait += time.perf_counter() - t_end
         x, y = to_device(batch, rt)
-        x = augment_batch(x, cfg.augment, cfg.seed, epoch, step)
-        out = _forward(model, x, rt)
+        x = augment_batch(x, cfg.augment, cfg.seed, epoch, _aug_step(step, dist))
+        out = _forward(net, x, rt)
         loss, logs = model.loss(out, y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"epoch {epoch} step {step}: loss is {float(loss)}; lower lr or enable grad_clip")
@@ -152,9 +157,17 @@ def train_epoch(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, ep
     return out
 
 
+def _aug_step(step: int, dist: Optional[DistContext]) -> int:
+    """Augmentation draw index of a step: distinct per rank (ranks see different cases)."""
+    return step if dist is None else step * dist.world_size + dist.rank
+
+
 @torch.no_grad()
 def evaluate(model, batches: Iterable[Batch], rt: Runtime, what: str = "validation",
-             allow_empty: bool = False) -> Optional[EvalOutput]:
+             allow_empty: bool = False, dist: Optional[DistContext] = None) -> Optional[EvalOutput]:
+    """Score ``batches`` with ``model`` (the plain module, never the DDP wrapper: ranks may
+    hold different numbers of batches).  With ``dist``, ``batches`` are this rank's share
+    and every rank's predictions are gathered (case_id order) before anything is computed."""
     model.eval()
     ids: list[str] = []
     labels, probs, heads, total = [], [], {}, 0.0
@@ -168,6 +181,12 @@ def evaluate(model, batches: Iterable[Batch], rt: Runtime, what: str = "validati
         probs.append(model.predict_proba(out).float().cpu().numpy())
         for k, v in out.items():
             heads.setdefault(k, []).append(torch.sigmoid(v).cpu().numpy())
+    if dist is not None:
+        ids, lab, prob, hd, total = gather_predictions(
+            dist.all_gather, ids, np.concatenate(labels) if labels else np.zeros(0, np.float32),
+            np.concatenate(probs) if probs else np.zeros(0, np.float32),
+            {k: np.concatenate(v) for k, v in heads.items()}, total)
+        labels, probs, heads = [lab], [prob], {k: [v] for k, v in hd.items()}
     if not ids:
         if allow_empty:
             return None
@@ -212,6 +231,10 @@ def load_state(path: str) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def _rank_offset(dist: Optional[DistContext]) -> int:
+    return 0 if dist is None else 7919 * dist.rank
+
+
 SELECTED_ESTIMATE = {"val": "best_val", "inner": "inner", "last": "last"}
 
 
@@ -226,7 +249,8 @@ def _frame_records(ev: EvalOutput, fold: int) -> dict[str, list]:
 
 def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str | None = None,
              reporter: Reporter | None = None, resume: dict[str, Any] | None = None,
-             device: str | torch.device | None = None, save_last_every_epoch: bool = True) -> FoldResult:
+             device: str | torch.device | None = None, save_last_every_epoch: bool = True,
+             dist: Optional[DistContext] = None) -> FoldResult:
     """Train one fold for ``cfg.epochs`` epochs; evaluate on the validation fold every epoch
     (and on the inner selection split with ``selection: inner``).
 
@@ -240,7 +264,11 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
     ``save_last_every_epoch=False``, then at the end) go.  ``resume``: a state dict as
     handed to the reporter / saved in last.pt; the run continues at the epoch after it, and
     is bit-identical to an uninterrupted run on CPU because every epoch reseeds from
-    ``(seed, epoch)``."""
+    ``(seed, epoch)``.
+
+    ``dist``: this process is one rank of the fold's DDP group (:mod:`distmsfa.training.distributed`):
+    ``source`` yields this rank's shard, metrics are the whole fold's (gathered), and only
+    rank 0 should be given ``out_dir`` and a writing ``reporter``."""
     rt = resolve_runtime(cfg.precision, device)
     use_inner = cfg.selection == "inner"
     if use_inner and not hasattr(source, "inner_batches"):
@@ -250,6 +278,7 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
         model = build_model(cfg, rt)
         optimizer = torch.optim.Adam(model.param_groups(cfg.weight_decay), lr=cfg.lr)
         scheduler = make_scheduler(optimizer, cfg)
+        net = model if dist is None else dist.wrap(model, rt.device)
         history: list[dict[str, float]] = []
         best = {"auc": math.nan, "loss": math.inf, "epoch": -1}  # by the fold's validation cases
         best_inner = {"auc": math.nan, "loss": math.inf, "epoch": -1}  # by the inner split
@@ -279,18 +308,22 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
             os.makedirs(out_dir, exist_ok=True)
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
-            torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout etc.: same on resume
-            tr = train_epoch(model, optimizer, source.train_batches(epoch), cfg, epoch, rt)
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch + _rank_offset(dist))  # dropout etc.: same on resume
+            tr = train_epoch(model, optimizer, source.train_batches(epoch), cfg, epoch, rt, net=net, dist=dist)
+            if dist is not None:
+                tr = reduce_train_metrics(dist.all_gather(tr))
+                dist.sync_state(model)  # every rank scores with rank 0's BatchNorm statistics
             t_train = time.perf_counter() - t0
             lr_used = float(optimizer.param_groups[0]["lr"])
             scheduler.step()  # the next epoch's lr; stepped before the checkpoint below
-            ev = evaluate(model, source.val_batches(), rt)
+            ev = evaluate(model, source.val_batches(), rt, dist=dist)
             m = binary_metrics(ev.labels, ev.prob, cfg.threshold_value)
             metrics = {"fold": float(fold), "epoch": float(epoch), **{f"val_{k}": v for k, v in m.items()},
                        "val_loss": ev.loss}
             if use_inner:
                 iv = evaluate(model, source.inner_batches(), rt,
-                              what="inner selection (build the source from batches.fold_rows(..., selection='inner'))")
+                              what="inner selection (build the source from batches.fold_rows(..., selection='inner'))",
+                              dist=dist)
                 im = binary_metrics(iv.labels, iv.prob, cfg.threshold_value)
                 metrics.update({f"inner_{k}": v for k, v in im.items()}, inner_loss=iv.loss)
             metrics.update({**tr, "lr": lr_used,
@@ -335,15 +368,17 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
         external = None
         if sel_weights is not None:
             model.load_state_dict(sel_weights)
+        if dist is not None:  # a resumed rank > 0 may not hold the selected weights: rank 0's count
+            dist.sync_state(model, buffers_only=False)
         key = SELECTED_ESTIMATE[cfg.selection]
         if key not in estimates:  # resumed from a checkpoint written before the estimates were kept
-            ev = evaluate(model, source.val_batches(), rt)
+            ev = evaluate(model, source.val_batches(), rt, dist=dist)
             estimates[key] = {"epoch": epochs[key], "predictions": ev.frame(fold),
                               "metrics": {**binary_metrics(ev.labels, ev.prob, cfg.threshold_value), "loss": ev.loss}}
         chosen = estimates[key]
         ext_batches = _optional_batches(source, "external_batches")
         if ext_batches is not None:
-            xe = evaluate(model, ext_batches, rt, what="external", allow_empty=True)
+            xe = evaluate(model, ext_batches, rt, what="external", allow_empty=True, dist=dist)
             external = None if xe is None else xe.frame(fold)
         return FoldResult(fold, history, int(chosen["epoch"]), dict(chosen["metrics"]), chosen["predictions"],
                           resumed_from, estimates=estimates, external=external, selection=cfg.selection)

@@ -28,6 +28,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from distmsfa.data.index import load_pair
 from distmsfa.training.batches import Batch, epoch_plan, val_plan
+from distmsfa.training.distributed import shard_ids, shard_plan
 
 _COLUMNS = ["case_id", "label", "pair_path", "pair_sha256"]
 
@@ -90,26 +91,31 @@ class RaySource:
 
     ``val_iter``: a ``DataIterator`` (e.g. ``ray.train.get_dataset_shard("val")``) to take
     the validation batches from, or None (default) to build the validation dataset here,
-    ordered by case_id and, with ``materialize_val``, kept in the object store."""
+    ordered by case_id and, with ``materialize_val``, kept in the object store.
+
+    ``rank``/``world``: this worker's place in a fold trained with DDP over ``world``
+    workers: it yields its rank-strided share of each epoch's plan and of the validation,
+    inner and external cases (:mod:`distmsfa.training.distributed`).  Each rank
+    materializes the whole training set (the plan, hence a rank's share, changes every
+    epoch)."""
 
     def __init__(self, root: str, train: pd.DataFrame, val: pd.DataFrame, batch_size: int, seed: int,
                  data_cpus: float = 0.25, materialize_train: bool = True, val_iter: Any = None,
                  prefetch_batches: int = 2, materialize_val: bool = True, concurrency: int | None = None,
                  on_first_batch: Any = None, inner: pd.DataFrame | None = None,
-                 external: pd.DataFrame | None = None) -> None:
+                 external: pd.DataFrame | None = None, rank: int = 0, world: int = 1) -> None:
         configure_data_context()
+        self.rank, self.world = rank, world
         self.root, self.batch_size, self.seed = str(root), batch_size, seed
         self.data_cpus, self.prefetch = data_cpus, prefetch_batches
         self.train = train.set_index(train["case_id"].astype(str), drop=False)
         self.train_ids = list(self.train.index)
-        self.val = val.set_index(val["case_id"].astype(str), drop=False).loc[val_plan(list(val["case_id"].astype(str)))]
+        self.val = self._eval_rows(val)
         self.val_iter = val_iter
         # inner selection split (scored every epoch, kept like the validation set) and the
         # external site (scored once at the end): both in case_id order, like validation
-        self.inner = None if inner is None or not len(inner) else inner.set_index(
-            inner["case_id"].astype(str), drop=False).loc[val_plan(list(inner["case_id"].astype(str)))]
-        self.external = None if external is None or not len(external) else external.set_index(
-            external["case_id"].astype(str), drop=False).loc[val_plan(list(external["case_id"].astype(str)))]
+        self.inner = None if inner is None or not len(inner) else self._eval_rows(inner)
+        self.external = None if external is None or not len(external) else self._eval_rows(external)
         self._inner_refs: list[Any] | None = None
         self.concurrency = concurrency
         self.materialize_val = materialize_val
@@ -124,6 +130,11 @@ class RaySource:
 
             self._loader = ThreadPoolExecutor(1, thread_name_prefix="distmsfa-materialize")
             self._loading = self._loader.submit(self._materialize, self.train)
+
+    def _eval_rows(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """An evaluation set in case_id order, this rank's share of it (may be empty)."""
+        ids = shard_ids(val_plan(list(rows["case_id"].astype(str))), self.rank, self.world)
+        return rows.set_index(rows["case_id"].astype(str), drop=False).loc[ids]
 
     def _materialize(self, rows: pd.DataFrame) -> list[Any]:
         """Load ``rows`` into the object store with Ray Data; one block reference per case, in order."""
@@ -161,7 +172,8 @@ class RaySource:
                                          prefetch_batches=self.prefetch, drop_last=False)
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:  # a generator: nothing starts before next()
-        plan = epoch_plan(self.train_ids, self.seed, epoch, self.batch_size)
+        plan = shard_plan(epoch_plan(self.train_ids, self.seed, epoch, self.batch_size), self.rank, self.world,
+                          self.batch_size)
         if self._loading is not None:
             self._refs = dict(zip(self.train_ids, self._loading.result()))
             self._loading = None
@@ -181,6 +193,8 @@ class RaySource:
         if self.val_iter is not None:
             return self.val_iter.iter_torch_batches(batch_size=self.batch_size, collate_fn=Collate(),
                                                     prefetch_batches=self.prefetch)
+        if not len(self.val):  # a rank of a fold with fewer validation cases than ranks
+            return iter(())
         if self.materialize_val:
             if self._val_refs is None:
                 self._val_refs = self._materialize(self.val)
@@ -188,7 +202,7 @@ class RaySource:
         return self._iterate(cases_dataset(self.root, self.val, self.data_cpus, concurrency=self.concurrency))
 
     def inner_batches(self) -> Iterator[Batch]:
-        if self.inner is None:
+        if self.inner is None or not len(self.inner):
             return iter(())
         if self.materialize_val:
             if self._inner_refs is None:
@@ -197,7 +211,7 @@ class RaySource:
         return self._iterate(cases_dataset(self.root, self.inner, self.data_cpus, concurrency=self.concurrency))
 
     def external_batches(self) -> Iterator[Batch]:
-        if self.external is None:
+        if self.external is None or not len(self.external):
             return iter(())
         return self._iterate(cases_dataset(self.root, self.external, self.data_cpus, concurrency=self.concurrency))
 

@@ -126,8 +126,12 @@ class RayReporter:
     """Reports each epoch to Ray Train (with a checkpoint of the full state), then logs
     it to the fold folder and pushes it to the hub."""
 
-    def __init__(self, fold_dir: str, run_id: str) -> None:
+    def __init__(self, fold_dir: str, run_id: str, main: bool = True) -> None:
+        self.main = main  # rank 0 of the fold; the other ranks only take part in the report
         self.files = FileReporter(fold_dir)
+        self.hub = None
+        if not main:
+            return
         try:
             self.hub = ray.get_actor(hub_name(run_id), namespace=HUB_NAMESPACE)
         except ValueError:  # the driver is gone; training still checkpoints
@@ -139,12 +143,16 @@ class RayReporter:
         # The hub first: an epoch must never go missing from the driver's view (a Tune trial
         # waits for every fold's epoch).  A worker killed before the checkpoint below is
         # committed re-runs the epoch and pushes it again: consumers keep the last value.
+        name = f"checkpoint_epoch{int(metrics['epoch']):04d}"
+        if not self.main:  # report() is collective in Train V2: every rank calls it, rank 0 checkpoints
+            ray.train.report(dict(metrics), checkpoint=None, checkpoint_dir_name=name)
+            return
         if self.hub is not None:
             self.hub.push.remote({**metrics, "pid": os.getpid()})
         with tempfile.TemporaryDirectory(prefix="distmsfa-ckpt-") as tmp:
             torch.save(state, os.path.join(tmp, STATE_FILE))
             ray.train.report(dict(metrics), checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"checkpoint_epoch{int(metrics['epoch']):04d}")
+                             checkpoint_dir_name=name)
         # The controller registers a reported checkpoint when it next polls the worker; a
         # worker killed before that restarts without it.  Wait for the commit, so that an
         # epoch in metrics.jsonl is always one a restart resumes after.
@@ -162,17 +170,21 @@ def train_func(config: dict[str, Any]) -> None:
     """Ray Train V2 worker entry point; ``config`` is the fold spec built by the CV runner."""
     import ray.train
 
+    from distmsfa.training.distributed import DistContext
     from distmsfa.training.ray_data import RaySource
 
     fold, fold_dir = int(config["fold"]), config["fold_dir"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    main = rank == 0
     os.makedirs(fold_dir, exist_ok=True)
     with open(os.path.join(fold_dir, PID_FILE), "a", encoding="utf-8") as fh:
-        fh.write(f"{os.getpid()}\n")  # lets tests (and users) find the worker process
+        fh.write(f"{os.getpid()}\n")  # lets tests (and users) find the worker processes (every rank)
     pg = ray.util.get_current_placement_group()
-    if pg is not None:  # lets a Tune trial's driver remove it if Tune stops the trial mid-run (docs/tuning.md)
+    if pg is not None and main:  # lets a Tune trial's driver remove it if Tune stops the trial mid-run (docs/tuning.md)
         with open(os.path.join(fold_dir, PG_FILE), "a", encoding="utf-8") as fh:
             fh.write(f"{pg.id.hex()}\n")
-    mark(fold_dir, "worker_start", node_id=ray.get_runtime_context().get_node_id())
+    mark(fold_dir, "worker_start", node_id=ray.get_runtime_context().get_node_id(), rank=rank)
     cfg = TrainConfig.from_dict(config["train"])
     resume = None
     ckpt = ray.train.get_checkpoint()
@@ -187,11 +199,18 @@ def train_func(config: dict[str, Any]) -> None:
                        inner=inner, external=external,
                        materialize_train=config["materialize_train"], materialize_val=config["materialize_val"],
                        concurrency=config.get("read_concurrency"),
-                       on_first_batch=lambda: mark(fold_dir, "first_batch"))
-    mark(fold_dir, "source_ready")
-    result = fit_fold(cfg, source, fold, out_dir=fold_dir, reporter=RayReporter(fold_dir, config["run_id"]),
-                      resume=resume, device=_device(), save_last_every_epoch=False)
-    write_fold_outputs(fold_dir, result)
+                       on_first_batch=(lambda: mark(fold_dir, "first_batch")) if main else None,
+                       rank=rank, world=world)
+    if main:
+        mark(fold_dir, "source_ready")
+    # DDP over the fold's workers: Ray Train's TorchTrainer has set up the process group
+    # (gloo on CPU, NCCL on GPU); the loop only sees a DistContext (docs/training.md).
+    dist = DistContext.from_process_group() if world > 1 else None
+    result = fit_fold(cfg, source, fold, out_dir=fold_dir if main else None,
+                      reporter=RayReporter(fold_dir, config["run_id"], main=main),
+                      resume=resume, device=_device(), save_last_every_epoch=False, dist=dist)
+    if main:
+        write_fold_outputs(fold_dir, result)
 
 
 def _device() -> torch.device:
@@ -215,12 +234,10 @@ def fit_fold_job(spec: dict[str, Any]) -> dict[str, Any]:
     if _STOP.is_set():
         raise RuntimeError("the run was interrupted before this fold started")
     mark(spec["fold_dir"], "trainer_start")
-    use_gpu = spec["gpus_per_fold"] > 0 and spec["use_gpu"]
-    res = {"CPU": spec["cpus_per_fold"], **({"GPU": spec["gpus_per_fold"]} if use_gpu else {})}
     trainer = TorchTrainer(
         train_func,
         train_loop_config=spec,
-        scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker=res),
+        scaling_config=fold_scaling_config(spec),
         run_config=ray.train.RunConfig(
             name=spec["name"], storage_path=spec["storage_path"],
             failure_config=ray.train.FailureConfig(max_failures=spec["max_failures"]),
@@ -231,13 +248,33 @@ def fit_fold_job(spec: dict[str, Any]) -> dict[str, Any]:
     return {"fold": spec["fold"], "wall_s": time.time() - t0}
 
 
-def cluster_parallelism(gpus_per_fold: float, cpus_per_fold: float, data_cpus: float, use_gpu: bool) -> int:
-    """How many folds fit at once: by GPUs where asked for, else by CPUs (a fold's worker
+def fold_scaling_config(spec: dict[str, Any]) -> "ray.train.ScalingConfig":
+    """A fold's workers: ``workers_per_fold`` of them (one DDP rank each), each with
+    ``cpus_per_fold`` CPUs and, on a GPU cluster, ``gpus_per_fold`` GPU (fractional: several
+    folds share a GPU).  Ray Train reserves them as one placement group of
+    ``workers_per_fold`` bundles (:func:`fold_bundles`), PACK strategy."""
+    import ray.train
+
+    use_gpu = spec["gpus_per_fold"] > 0 and spec["use_gpu"]
+    res = {"CPU": spec["cpus_per_fold"], **({"GPU": spec["gpus_per_fold"]} if use_gpu else {})}
+    return ray.train.ScalingConfig(num_workers=int(spec.get("workers_per_fold", 1)), use_gpu=use_gpu,
+                                   resources_per_worker=res)
+
+
+def fold_bundles(scaling: "ray.train.ScalingConfig") -> list[dict[str, float]]:
+    """The placement-group bundles Ray Train V2 reserves for ``scaling`` (its worker group
+    asks ``placement_group([resources_per_worker] * num_workers, placement_strategy)``)."""
+    return [dict(scaling._resources_per_worker_not_none)] * scaling.num_workers
+
+
+def cluster_parallelism(gpus_per_fold: float, cpus_per_fold: float, data_cpus: float, use_gpu: bool,
+                        workers_per_fold: int = 1) -> int:
+    """How many folds fit at once: by GPUs where asked for, else by CPUs (a fold's workers
     plus one loading task, so Ray Data is never starved by the workers)."""
     total = ray.cluster_resources()
     if use_gpu:
-        return max(1, int(total.get("GPU", 0) // gpus_per_fold))
-    return max(1, int(total.get("CPU", 1) // (cpus_per_fold + data_cpus)))
+        return max(1, int(total.get("GPU", 0) / (gpus_per_fold * workers_per_fold) + 1e-9))
+    return max(1, int(total.get("CPU", 1) // (cpus_per_fold * workers_per_fold + data_cpus)))
 
 
 def run_folds(specs: list[dict[str, Any]], max_parallel: int, hub: Any,
