@@ -17,6 +17,9 @@ def evaluate(
     n_boot: int = typer.Option(2000, "--n-boot", help="Bootstrap resamples for the 95% CIs of ACC/SEN/SPEC/F1."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
+    precision: str = typer.Option("auto", "--precision", help="auto | bf16 | fp32 (auto: bf16 on CUDA, fp32 on CPU)."),
+    compile_: str = typer.Option("auto", "--compile", help="auto | on | off: torch.compile the ensemble (auto: on CUDA only)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Cases per model call (the compiled batch size)."),
 ) -> None:
     """Score a dataset split with a bundle: predictions, metrics with 95% CIs, ROC, calibration."""
     from distmsfa.evaluation.evaluate import EvaluateError, evaluate_bundle
@@ -25,7 +28,8 @@ def evaluate(
 
     try:
         with interruptible(f"evaluation of {bundle} on the {split} split", resume_command()):
-            res = evaluate_bundle(bundle, data, split, out, n_boot=n_boot, seed=seed, device=device)
+            res = evaluate_bundle(bundle, data, split, out, n_boot=n_boot, seed=seed, device=device,
+                                  batch_size=batch_size, precision=precision, compile=compile_)
     except (EvaluateError, FileNotFoundError) as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     for w in res.warnings:
