@@ -142,16 +142,27 @@ def stack_check(pred, x: np.ndarray, iters: int, min_seconds: float) -> dict[str
 
     warnings.filterwarnings("ignore", message=".*batching rule.*")  # SDPA has none on CPU: vmap falls back
     got, ref = run_vmap(), run_loop()
-    loop_t, vmap_t = [], []
-    t_start = time.perf_counter()
-    while len(loop_t) < iters or (time.perf_counter() - t_start < 2 * min_seconds and len(loop_t) < 50):
-        loop_t += _time(run_loop, dev, 1, 0.0)  # interleaved: both see the same machine load
-        vmap_t += _time(run_vmap, dev, 1, 0.0)
     bs = len(x)
-    return {"batch": bs, "repeats": len(loop_t), "loop_cases_per_s": round(bs / statistics.median(loop_t), 2),
+    out: dict[str, Any] = {"batch": bs, "max_abs_diff": float(np.abs(got - ref).max()), "by_threads": {}}
+    threads0 = torch.get_num_threads()
+    # At torch's thread count and at one thread: on a loaded machine the per-op thread
+    # synchronisation of many small ops (the loop) suffers more than a few larger ones (vmap),
+    # while one thread shows the arithmetic alone.
+    for nt in sorted({threads0, 1}, reverse=True):
+        torch.set_num_threads(nt)
+        try:
+            loop_t, vmap_t = [], []
+            t_start = time.perf_counter()
+            while len(loop_t) < iters or (time.perf_counter() - t_start < 2 * min_seconds and len(loop_t) < 50):
+                loop_t += _time(run_loop, dev, 1, 0.0)  # interleaved: both see the same machine load
+                vmap_t += _time(run_vmap, dev, 1, 0.0)
+        finally:
+            torch.set_num_threads(threads0)
+        out["by_threads"][str(nt)] = {
+            "repeats": len(loop_t), "loop_cases_per_s": round(bs / statistics.median(loop_t), 2),
             "vmap_cases_per_s": round(bs / statistics.median(vmap_t), 2),
-            "vmap_over_loop": round(statistics.median(loop_t) / statistics.median(vmap_t), 3),
-            "max_abs_diff": float(np.abs(got - ref).max())}
+            "vmap_over_loop": round(statistics.median(loop_t) / statistics.median(vmap_t), 3)}
+    return out
 
 
 def run(out_json: Optional[str] = None, batch_sizes: Sequence[int] = (1, 8, 32), device: Optional[str] = None,

@@ -74,4 +74,7 @@ def test_bench_ensemble_tiny(tmp_path):
         assert x["cases_per_s"] == pytest.approx(x["batch"] / x["batch_s"], rel=1e-2)
     assert r["results"][1]["short_batch"] == 1 and r["results"][1]["short_batch_s"] > 0
     sc = r["stack_check"]
-    assert sc["loop_cases_per_s"] > 0 and sc["vmap_cases_per_s"] > 0 and sc["max_abs_diff"] < 1e-5
+    assert sc["max_abs_diff"] < 1e-5 and "1" in sc["by_threads"]
+    for v in sc["by_threads"].values():
+        assert v["loop_cases_per_s"] > 0 and v["vmap_cases_per_s"] > 0
+        assert v["vmap_over_loop"] == pytest.approx(v["vmap_cases_per_s"] / v["loop_cases_per_s"], rel=2e-2)
