@@ -118,9 +118,10 @@ class Model:
         self.batch_sizes: collections.Counter = collections.Counter()
         self.predict.set_max_batch_size(self.predictor.batch_size)
         self.predict.set_batch_wait_timeout_s(self.s.batch_wait_s)
-        log.info("model %s loaded on %s (%s%s, batch %d; bundle %s)", self.predictor.model_name, self.predictor.device,
-                 self.predictor.precision, ", compiled in %.1f s" % self.predictor.compile_s if self.predictor.compiled else "",
-                 self.predictor.batch_size, self.predictor.checksum[:12])
+        p = self.predictor
+        compiled = f", compiled in {p.compile_s:.1f} s" if p.compiled else ""
+        log.info("model %s loaded on %s (%s%s, batch %d; bundle %s)", p.model_name, p.device, p.precision, compiled,
+                 p.batch_size, p.checksum[:12])
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
     async def predict(self, pairs: list[np.ndarray]) -> list[dict]:

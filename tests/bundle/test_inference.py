@@ -118,3 +118,24 @@ def test_compiled_on_cpu_matches_eager_and_never_recompiles(tiny_bundle, tiny_da
         np.testing.assert_allclose(out["head_probs"][h], eager["head_probs"][h], atol=1e-4, rtol=0)
     one = pred.predict(x[5:6])
     np.testing.assert_allclose(one["fold_probs"], eager["fold_probs"][5:6], atol=1e-4, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_defaults_compiled_bf16_close_to_fp32_without_recompiles(tiny_bundle, tiny_data, monkeypatch):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    x = _x(tiny_data)
+    ref = load_bundle(tiny_bundle, device="cpu").predict(x)
+    pred = load_bundle(tiny_bundle, device="cuda", batch_size=4)  # auto: compiled, bf16, channels_last_3d
+    assert pred.compiled and pred.precision == "bf16" and pred._rt.channels_last
+    pred.warmup()
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    out = pred.predict(x)
+    assert out["prob"].dtype == np.float32
+    np.testing.assert_allclose(out["prob"], ref["prob"], atol=0.05)
+    np.testing.assert_allclose(pred.predict(x[:1])["prob"], out["prob"][:1], atol=1e-4)  # padded 1 -> 4
+    fp32 = load_bundle(tiny_bundle, device="cuda", precision="fp32", compile="off").predict(x)
+    np.testing.assert_allclose(fp32["prob"], ref["prob"], atol=1e-4)
