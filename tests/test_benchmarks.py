@@ -61,3 +61,20 @@ def test_bench_training_tiny(tmp_path):
     assert b["submit_to_first_batch_s"] > 0 and {"submit", "worker_start", "first_batch"} <= set(b["breakdown_s"])
     for mode in ("materialized", "streamed", "plain_loader"):
         assert c[mode]["samples_per_s"] > 0 and c[mode]["MB_per_s"] > 0, mode
+
+
+def test_bench_ensemble_tiny(tmp_path):
+    r = _run("bench_ensemble.py", tmp_path / "ens.json", "--size", "tiny", "--device", "cpu", "--batch-sizes", "1,2",
+             "--iters", "1", "--min-seconds", "0")
+    assert r["folds"] == 4 and r["size"] == "tiny" and r["crop_dhw"] == [8, 48, 64]
+    assert [x["batch"] for x in r["results"]] == [1, 2]
+    for x in r["results"]:
+        assert "error" not in x, x
+        assert x["precision"] == "fp32" and x["compiled"] is False  # auto on CPU
+        assert x["cases_per_s"] == pytest.approx(x["batch"] / x["batch_s"], rel=1e-2)
+    assert r["results"][1]["short_batch"] == 1 and r["results"][1]["short_batch_s"] > 0
+    sc = r["stack_check"]
+    assert sc["max_abs_diff"] < 1e-5 and "1" in sc["by_threads"]
+    for v in sc["by_threads"].values():
+        assert v["loop_cases_per_s"] > 0 and v["vmap_cases_per_s"] > 0
+        assert v["vmap_over_loop"] == pytest.approx(v["vmap_cases_per_s"] / v["loop_cases_per_s"], rel=2e-2)

@@ -5,7 +5,7 @@ Public API (core: imports no Ray)::
 
     export_bundle(run_dir, out, *, checkpoint="selected", threshold_policy="youden", force=False) -> Path
     verify_bundle(path) -> dict          # bundle.json; BundleError naming the file otherwise
-    load_bundle(path, device=None) -> EnsemblePredictor
+    load_bundle(path, device=None, precision="auto", compile="auto", batch_size=8) -> EnsemblePredictor
     bundle_info(path) -> dict
     BundleError
 """

@@ -8,6 +8,12 @@ JSON.
 Tensor contract of :meth:`EnsemblePredictor.predict`: ``x`` float ``(B, 2, D, H, W)``,
 channels (T1, FS), values in [0, 1], ``(D, H, W) == crop_size`` (what :meth:`prepare`
 returns, or the dataset's ``pairs/<case>.npy``).
+
+The inference path (docs/bundle.md, "The inference path"): batches of ``batch_size`` cases,
+each fold model in turn (a loop over folds: stacking them with ``torch.func`` + ``vmap`` was
+slower on CPU, see the doc), bf16 autocast + channels_last_3d on CUDA and fp32 on CPU, and
+``torch.compile`` (on CUDA by default) with static shapes: a short batch is padded to the
+compiled size and the padding stripped, so serving's variable batches never recompile.
 """
 from __future__ import annotations
 
@@ -46,19 +52,68 @@ def build_fold_model(name: str, model_cfg: dict[str, Any], state: dict[str, torc
     return prepare_for_device(model, rt.device, memory_format=fmt)
 
 
-@torch.inference_mode()
-def run_models(models: Sequence[torch.nn.Module], x: torch.Tensor, rt) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """``(B, F)`` predict_proba and ``{head: (B, F)}`` sigmoid of each head for one batch."""
-    from distmsfa.training.loop import _forward
+#: ``load_bundle``'s words, the same as TrainConfig's ``compile`` (auto = on CUDA only).
+PRECISIONS = ("auto", "bf16", "fp32")
+COMPILE_MODES = ("auto", "on", "off")
 
-    x = x.to(rt.device, non_blocking=True).float()
+
+def _fold_outputs(model: torch.nn.Module, x: torch.Tensor, amp_dtype: Optional[torch.dtype],
+                  channels_last: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One fold model on one batch: ``predict_proba`` (B,) and the sigmoid of each head, fp32.
+
+    The same arithmetic as the training loop's ``_forward`` (layout, autocast, fp32 logits),
+    written as one function so ``torch.compile`` traces layout + autocast + sigmoid together."""
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    if amp_dtype is None:
+        out = model(x)
+    else:
+        with torch.autocast(x.device.type, dtype=amp_dtype):
+            out = model(x)
+    out = {k: v.float() for k, v in out.items()}
+    return model.predict_proba(out), {h: torch.sigmoid(v) for h, v in out.items()}
+
+
+def make_fold_fn(compile: bool):  # noqa: A002 - the option's name
+    """The per-fold function, compiled (static shapes: ``dynamic=False``) or eager.
+
+    One compiled function serves every fold: the fold models are instances of one class and
+    their parameters are graph inputs, so folds 2..F reuse fold 1's graph (no recompile)."""
+    if not compile:
+        return _fold_outputs
+    return torch.compile(_fold_outputs, dynamic=False)
+
+
+@torch.inference_mode()
+def run_models(models: Sequence[torch.nn.Module], x: torch.Tensor, rt, *, fold_fn=None,
+               pad_to: Optional[int] = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``(B, F)`` predict_proba and ``{head: (B, F)}`` sigmoid of each head for one batch,
+    float32 numpy.
+
+    ``pad_to``: zero cases are appended up to this batch size (a compiled function sees one
+    shape) and their outputs dropped; each case's result does not depend on the others (eval
+    mode: BatchNorm uses its running statistics).  The fold outputs stay on the device until
+    one transfer per batch."""
+    n = int(x.shape[0])
+    x = x.to(rt.device, non_blocking=True)
+    if pad_to is not None:
+        # Always a fresh buffer made here, padded or not: every batch a compiled function sees
+        # is then the same kind of tensor (an inference tensor; a caller's tensor would carry
+        # other dispatch keys and recompile).
+        buf = torch.zeros((max(n, pad_to), *x.shape[1:]), dtype=torch.float32, device=rt.device)
+        buf[:n].copy_(x)
+        x = buf
+    else:
+        x = x.float()
+    fn = fold_fn or _fold_outputs
     probs, heads = [], {}
     for m in models:
-        out = _forward(m, x, rt)
-        probs.append(m.predict_proba(out).float().cpu().numpy())
-        for h, v in out.items():
-            heads.setdefault(h, []).append(torch.sigmoid(v.float()).cpu().numpy())
-    return np.stack(probs, 1), {h: np.stack(v, 1) for h, v in heads.items()}
+        p, h = fn(m, x, rt.amp_dtype, rt.channels_last)
+        probs.append(p)
+        for k, v in h.items():
+            heads.setdefault(k, []).append(v)
+    p = torch.stack(probs, 1)[:n].float().cpu().numpy()
+    return p, {k: torch.stack(v, 1)[:n].float().cpu().numpy() for k, v in heads.items()}
 
 
 def _warn_spacing(seq: str, img, stats: dict[str, Any], orientation: str) -> list[str]:
@@ -89,10 +144,23 @@ class EnsemblePredictor:
 
     Attributes: ``meta`` (bundle.json), ``model_name``, ``folds``, ``threshold``,
     ``threshold_policy``, ``checksum`` (sha256 of checksums.json), ``preprocess_config``,
-    ``spacing_dhw``, ``crop_size``, ``fingerprint``, ``device``, ``path``."""
+    ``spacing_dhw``, ``crop_size``, ``fingerprint``, ``device``, ``path``; the inference path:
+    ``precision`` ("bf16"|"fp32"), ``compiled``, ``batch_size``, ``pad``, ``compile_s``."""
 
-    def __init__(self, path: Path, meta: dict[str, Any], models: list[torch.nn.Module], rt, checksum: str) -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], models: list[torch.nn.Module], rt, checksum: str, *,
+                 compiled: bool = False, batch_size: int = 8, pad: Optional[bool] = None) -> None:
         from distmsfa.data.preprocess import PreprocessConfig
+
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        #: Cases per model call; under compile the one compiled shape (serving's max batch).
+        self.batch_size = int(batch_size)
+        self.compiled = bool(compiled)
+        #: Pad a short batch to ``batch_size`` (default: only when compiled).
+        self.pad = self.compiled if pad is None else bool(pad)
+        self.precision = "fp32" if rt.amp_dtype is None else "bf16"
+        self._fold_fn = make_fold_fn(self.compiled)
+        self.compile_s: Optional[float] = None  # seconds of the first (compiling) call, see warmup()
 
         self.path = Path(path)
         self.meta = meta
@@ -113,7 +181,8 @@ class EnsemblePredictor:
 
     def __repr__(self) -> str:
         return (f"EnsemblePredictor({self.model_name}, folds={self.folds}, threshold={self.threshold:.4f} "
-                f"({self.threshold_policy}), device={self.device}, checksum={self.checksum[:12]})")
+                f"({self.threshold_policy}), device={self.device}, {self.precision}"
+                f"{', compiled' if self.compiled else ''}, batch {self.batch_size}, checksum={self.checksum[:12]})")
 
     # ------------------------------------------------------------------ predict
     def _as_batch(self, x: Any) -> torch.Tensor:
@@ -134,21 +203,41 @@ class EnsemblePredictor:
                              f"each sequence to [0, 1]); prepare the case with predictor.prepare()")
         return t
 
-    def predict(self, x: Any, batch_size: int = 8) -> dict[str, Any]:
+    def predict(self, x: Any, batch_size: Optional[int] = None) -> dict[str, Any]:
         """Fold-ensemble prediction: ``prob`` (B,) = mean over folds of each fold's
         ``predict_proba``; ``fold_probs`` (B, F); ``head_probs`` {head: (B, F)}; ``label`` (B,)
-        = ``prob >= threshold``.  eval mode; bf16 + channels_last_3d on CUDA, fp32 on CPU."""
+        = ``prob >= threshold``; all float32 numpy (label int64).
+
+        ``x`` is cut into chunks of ``batch_size`` (default: the predictor's); when compiled
+        the chunks are always the compiled size and a short one is padded (``pad``), so any B
+        runs on the one compiled shape.  eval mode; the predictor's precision and layout."""
         t = self._as_batch(x)
+        bs = self.batch_size if (self.compiled or batch_size is None) else max(1, int(batch_size))
+        pad_to = bs if self.pad else None
         fold_probs, heads = [], {}
-        for i in range(0, t.shape[0], max(1, int(batch_size))):
-            p, h = run_models(self.models, t[i:i + batch_size], self._rt)
+        for i in range(0, t.shape[0], bs):
+            p, h = run_models(self.models, t[i:i + bs], self._rt, fold_fn=self._fold_fn, pad_to=pad_to)
             fold_probs.append(p)
             for k, v in h.items():
                 heads.setdefault(k, []).append(v)
         fp = np.concatenate(fold_probs, 0) if fold_probs else np.zeros((0, len(self.models)), np.float32)
-        prob = fp.mean(1)
+        prob = fp.mean(1, dtype=np.float32)
         return {"prob": prob, "fold_probs": fp, "head_probs": {k: np.concatenate(v, 0) for k, v in heads.items()},
                 "label": (prob >= self.threshold).astype(np.int64)}
+
+    def warmup(self) -> float:
+        """Run one batch of zeros (compiling the fold function when compiled); return its
+        seconds, kept in ``compile_s`` when compiled.  Serving calls it at start so the first
+        request does not wait for the compiler."""
+        import time
+
+        t0 = time.perf_counter()
+        if self.models:
+            self.predict(np.zeros((self.batch_size, 2, *self.crop_size), np.float32))
+        s = time.perf_counter() - t0
+        if self.compiled and self.compile_s is None:
+            self.compile_s = s
+        return s
 
     # ------------------------------------------------------------------ prepare
     def check_images(self, t1, fs) -> list[str]:
@@ -230,18 +319,36 @@ class EnsemblePredictor:
         return {k: (v / len(self.models)).astype(np.float32) for k, v in acc.items()}
 
 
-def load_bundle(path: str | os.PathLike[str], device: str | torch.device | None = None) -> EnsemblePredictor:
-    """Verify the bundle at ``path`` and load its fold models (never unpickles).
+def resolve_inference(device: str | torch.device | None, precision: str = "auto", compile: str = "auto"):  # noqa: A002
+    """``(Runtime, compiled)`` for ``load_bundle``'s words.
 
-    ``device``: None = CUDA when available, else CPU."""
-    from safetensors.torch import load as st_load
-
+    ``precision``: auto = bf16 autocast on CUDA, fp32 on CPU; ``bf16`` | ``fp32`` force it.
+    ``compile``: auto = on CUDA only; ``on`` | ``off``.  channels_last_3d on CUDA."""
     from distmsfa.training.loop import resolve_runtime
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"compile {compile!r}: use one of {', '.join(COMPILE_MODES)}")
+    rt = resolve_runtime(precision, device)
+    return rt, (rt.device.type == "cuda" if compile == "auto" else compile == "on")
+
+
+def load_bundle(path: str | os.PathLike[str], device: str | torch.device | None = None, precision: str = "auto",
+                compile: str = "auto", batch_size: int = 8) -> EnsemblePredictor:  # noqa: A002
+    """Verify the bundle at ``path`` and load its fold models (never unpickles).
+
+    ``device``: None = CUDA when available, else CPU.  ``precision``: auto|bf16|fp32 (auto =
+    bf16 autocast on CUDA, fp32 on CPU).  ``compile``: auto|on|off (auto = on CUDA only;
+    compiled with static shapes at ``batch_size``, short batches padded).  ``batch_size``:
+    cases per model call (serving: its ``@serve.batch`` max size).  The compiler runs on the
+    first batch (or :meth:`EnsemblePredictor.warmup`)."""
+    from safetensors.torch import load as st_load
+
     root = Path(path)
+    rt, compiled = resolve_inference(device, precision, compile)
     meta = verify_bundle(root)
     sums = json.loads((root / CHECKSUMS_FILE).read_text(encoding="utf-8"))
-    rt = resolve_runtime("auto", device)
     name = meta["model"]["name"]
     model_cfg = dict(meta["model"].get("model_cfg") or {})
     models = []
@@ -259,7 +366,8 @@ def load_bundle(path: str | os.PathLike[str], device: str | torch.device | None 
         except (RuntimeError, KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{rel}: weights do not fit model {name!r} with {model_cfg} "
                               f"({str(exc).splitlines()[0]})") from None
-    return EnsemblePredictor(root, meta, models, rt, bundle_checksum(root))
+    return EnsemblePredictor(root, meta, models, rt, bundle_checksum(root), compiled=compiled, batch_size=batch_size)
 
 
-__all__ = ["EnsemblePredictor", "load_bundle", "build_fold_model", "run_models"]
+__all__ = ["COMPILE_MODES", "PRECISIONS", "EnsemblePredictor", "build_fold_model", "load_bundle", "make_fold_fn",
+           "resolve_inference", "run_models"]

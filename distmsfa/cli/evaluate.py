@@ -19,6 +19,9 @@ def evaluate(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cuda if available)."),
     joint_evidence: bool = typer.Option(False, "--joint-evidence", help="Grad-CAM per case: add roi_source and the "
                                         "left/right joint share of each branch's evidence to predictions.csv."),
+    precision: str = typer.Option("auto", "--precision", help="auto | bf16 | fp32 (auto: bf16 on CUDA, fp32 on CPU)."),
+    compile_: str = typer.Option("auto", "--compile", help="auto | on | off: torch.compile the ensemble (auto: on CUDA only)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Cases per model call (the compiled batch size)."),
 ) -> None:
     """Score a dataset split with a bundle: predictions, metrics with 95% CIs, ROC, calibration."""
     from distmsfa.evaluation.evaluate import EvaluateError, evaluate_bundle
@@ -28,7 +31,8 @@ def evaluate(
     try:
         with interruptible(f"evaluation of {bundle} on the {split} split", resume_command()):
             res = evaluate_bundle(bundle, data, split, out, n_boot=n_boot, seed=seed, device=device,
-                                  joint_evidence=joint_evidence)
+                                  joint_evidence=joint_evidence, batch_size=batch_size, precision=precision,
+                                  compile=compile_)
     except (EvaluateError, FileNotFoundError) as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     for w in res.warnings:

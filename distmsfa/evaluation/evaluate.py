@@ -131,8 +131,11 @@ def evidence_columns(pred, data: str, rows: pd.DataFrame, batch_size: int = 4) -
 
 def evaluate_bundle(bundle: str | os.PathLike[str], data: str | os.PathLike[str], split: str = "external",
                     out: str | os.PathLike[str] = "evaluation", *, n_boot: int = 2000, seed: int = 0,
-                    device: Optional[str] = None, batch_size: int = 8, joint_evidence: bool = False) -> EvaluateResult:
-    """Score ``split`` of the dataset at ``data`` with the bundle; write DIR (module doc)."""
+                    device: Optional[str] = None, batch_size: int = 8, precision: str = "auto",
+                    compile: str = "auto", joint_evidence: bool = False) -> EvaluateResult:  # noqa: A002
+    """Score ``split`` of the dataset at ``data`` with the bundle; write DIR (module doc).
+    ``precision``/``compile``/``batch_size``: the ensemble's inference path (``load_bundle``);
+    ``joint_evidence``: Grad-CAM per case and its left/right joint shares."""
     from distmsfa.bundle import BundleError, load_bundle
     from distmsfa.data.index import read_index
     from distmsfa.evaluation import figures
@@ -142,8 +145,8 @@ def evaluate_bundle(bundle: str | os.PathLike[str], data: str | os.PathLike[str]
     if split not in SPLITS:
         raise EvaluateError(f"--split {split!r}: use one of {', '.join(SPLITS)}")
     try:
-        pred = load_bundle(bundle, device=device)
-    except BundleError as exc:
+        pred = load_bundle(bundle, device=device, batch_size=batch_size, precision=precision, compile=compile)
+    except (BundleError, ValueError) as exc:
         raise EvaluateError(str(exc).splitlines()[0]) from None
     diffs = pred.dataset_differences(data)  # the bundle's own check of the preprocessing parameters
     if diffs:

@@ -115,18 +115,25 @@ class Model:
         from distmsfa.bundle import load_bundle
 
         self.s = ServeSettings.from_dict(settings)
-        self.predictor = load_bundle(self.s.bundle)
+        # The fold ensemble is compiled (on CUDA) for exactly max_batch cases: a smaller dynamic
+        # batch is padded to it, so no batch size ever recompiles; warmup() compiles before the
+        # first request instead of during it.
+        self.predictor = load_bundle(self.s.bundle, batch_size=self.s.max_batch)
+        if self.predictor.compiled:
+            self.predictor.warmup()
         self.info = predictor_info(self.predictor)
         self.batch_sizes: collections.Counter = collections.Counter()
-        self.predict.set_max_batch_size(self.s.max_batch)
+        self.predict.set_max_batch_size(self.predictor.batch_size)
         self.predict.set_batch_wait_timeout_s(self.s.batch_wait_s)
-        log.info("model %s loaded on %s (bundle %s)", self.predictor.model_name, self.predictor.device,
-                 self.predictor.checksum[:12])
+        p = self.predictor
+        compiled = f", compiled in {p.compile_s:.1f} s" if p.compiled else ""
+        log.info("model %s loaded on %s (%s%s, batch %d; bundle %s)", p.model_name, p.device, p.precision, compiled,
+                 p.batch_size, p.checksum[:12])
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
     async def predict(self, pairs: list[np.ndarray]) -> list[dict]:
         x = np.stack(pairs).astype(np.float32)
-        pred = await asyncio.to_thread(self.predictor.predict, x, len(pairs))
+        pred = await asyncio.to_thread(self.predictor.predict, x)
         self.batch_sizes[len(pairs)] += 1
         log.info("model batch of %d", len(pairs))
         return [split_prediction(pred, i) for i in range(len(pairs))]
