@@ -223,9 +223,15 @@ def collect(data: Path, cohort: Path, work: Path, models: list[str], folds: list
     for ckpt in checkpoints:
         scored = {}
         for model in models:
-            rows = [r for k in done[model]
-                    for r in score_fold(data, work / "runs" / model / f"f{k}", model, k, index, ckpt)]
-            scored[model] = pd.DataFrame(rows)
+            parts = []
+            for k in done[model]:  # cached per fold, so a collect while folds still train is not wasted
+                cache = work / "scores" / f"{model}_f{k}_{ckpt}.csv"
+                if not cache.exists():
+                    cache.parent.mkdir(parents=True, exist_ok=True)
+                    pd.DataFrame(score_fold(data, work / "runs" / model / f"f{k}", model, k, index, ckpt)).to_csv(
+                        cache, index=False)
+                parts.append(pd.read_csv(cache, dtype={"case_id": str}))
+            scored[model] = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
             scored[model].to_csv(work / f"joint_scores_{model}_{ckpt}.csv", index=False)
         per_ckpt[ckpt] = _joint_block(scored, truth, index, models, patient)
     counts = {"cases": int(len(truth)), "axspa": int(truth["true_label"].sum()),
