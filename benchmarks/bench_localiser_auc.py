@@ -28,6 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+#: best = the fold's inner-selected epoch (best.pt), last = its last epoch (last.pt); both honest
+CHECKPOINTS = ("best", "last")
+
 
 def fit_fold_localisers(cohort: Path, data: Path, work: Path, folds: list[int], epochs: int) -> dict:
     import pandas as pd
@@ -81,14 +84,14 @@ def preprocess_fold(cohort: Path, data: Path, work: Path, fold: int) -> Path:
     return out
 
 
-def score(data: Path, model_dir: Path, fold: int, case_ids: list[str]) -> dict[str, float]:
+def score(data: Path, model_dir: Path, fold: int, case_ids: list[str], checkpoint: str = "best") -> dict[str, float]:
     import numpy as np
     import torch
 
     from bench_joints import _fold_model
     from distmsfa.data.index import load_array, read_index
 
-    m, _ = _fold_model(model_dir, "msfanet", fold)
+    m, _ = _fold_model(model_dir, "msfanet", fold, checkpoint)
     idx = read_index(data).set_index("case_id").loc[case_ids]
     x = torch.from_numpy(np.stack([load_array(data, p) for p in idx["pair_path"]])).float()
     with torch.no_grad():
@@ -134,27 +137,35 @@ def main() -> None:
         pidx = read_index(pred).set_index("case_id")
         ids = sorted(pidx.index)
         md = work / "runs" / "msfanet" / f"f{k}"
-        pm, pp = score(data, md, k, ids), score(pred, md, k, ids)
-        for c in ids:
-            shift = float(np.linalg.norm(np.subtract(pidx.loc[c, "crop_origin_mm"], manual_index.loc[c, "crop_origin_mm"])))
-            rows.append({"case_id": c, "fold": k, "label": int(manual_index.loc[c, "label"]),
-                         "prob_manual": pm[c], "prob_predicted": pp[c], "crop_shift_mm": shift})
+        rec = {c: {"case_id": c, "fold": k, "label": int(manual_index.loc[c, "label"]),
+                   "crop_shift_mm": float(np.linalg.norm(np.subtract(pidx.loc[c, "crop_origin_mm"],
+                                                                     manual_index.loc[c, "crop_origin_mm"])))}
+               for c in ids}
+        for ckpt in CHECKPOINTS:
+            pm, pp = score(data, md, k, ids, ckpt), score(pred, md, k, ids, ckpt)
+            for c in ids:
+                rec[c][f"prob_manual_{ckpt}"], rec[c][f"prob_predicted_{ckpt}"] = pm[c], pp[c]
+        rows += list(rec.values())
     df = pd.DataFrame(rows)
     df.to_csv(work / "localiser_auc_cases.csv", index=False)
+    pooled = {"n": int(len(df)), "crop_shift_mm_mean": float(df["crop_shift_mm"].mean()),
+              "crop_shift_mm_max": float(df["crop_shift_mm"].max())}
+    for ckpt in CHECKPOINTS:
+        a, b, z, p = delong_paired_test(df["label"], df[f"prob_manual_{ckpt}"].to_numpy(),
+                                        df[f"prob_predicted_{ckpt}"].to_numpy())
+        pooled[ckpt] = {"auc_manual": a, "auc_predicted": b, "auc_difference": b - a, "delong_z": z, "delong_p": p}
     for k, g in df.groupby("fold"):
-        per_fold[str(k)] = {"n": int(len(g)), "auc_manual": float(roc_auc_score(g["label"], g["prob_manual"])),
-                            "auc_predicted": float(roc_auc_score(g["label"], g["prob_predicted"])),
-                            "crop_shift_mm_mean": float(g["crop_shift_mm"].mean())}
-    a, b, z, p = delong_paired_test(df["label"], df["prob_manual"].to_numpy(), df["prob_predicted"].to_numpy())
+        per_fold[str(k)] = {"n": int(len(g)), "crop_shift_mm_mean": float(g["crop_shift_mm"].mean()), **{
+            ckpt: {"auc_manual": float(roc_auc_score(g["label"], g[f"prob_manual_{ckpt}"])),
+                   "auc_predicted": float(roc_auc_score(g["label"], g[f"prob_predicted_{ckpt}"]))}
+            for ckpt in CHECKPOINTS}}
     res = {
         "what": "MSFANet (demo preset, bench_joints.py training, honest inner selection) fold models scored on the "
                 "same OOF cases cropped around manual ROIs and around ROIs predicted by a localiser trained on the "
-                "other folds only; pooled OOF AUC (recorded labels) and paired DeLong; crop_shift_mm = distance "
+                "other folds only; pooled OOF AUC (recorded labels) and paired DeLong, for the inner-selected (best) "
+                "and the last-epoch (last) checkpoint; crop_shift_mm = distance "
                 "between the two crops' origins (same size and direction: the crop-centre shift)",
-        "folds": folds, "localiser": loc, "pooled": {"n": int(len(df)), "auc_manual": a, "auc_predicted": b,
-                                                     "auc_difference": b - a, "delong_z": z, "delong_p": p,
-                                                     "crop_shift_mm_mean": float(df["crop_shift_mm"].mean()),
-                                                     "crop_shift_mm_max": float(df["crop_shift_mm"].max())},
+        "folds": folds, "localiser": loc, "pooled": pooled,
         "per_fold": per_fold, "refused": {str(k): v for k, v in refused.items()},
         "goal": "AUC within 0.02 of the manual-ROI AUC (issue 13)",
         "machine": {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(), "torch": torch.__version__},
