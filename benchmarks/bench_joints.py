@@ -14,11 +14,11 @@ checkpoint (``best.pt``) on that fold's out-of-fold validation cases:
   joints, per branch and averaged over the branches) and measured the same way;
 * the same per-joint AUC restricted to the truly positive patients (which joint is it?).
 
-Phases (one process each, so the two models can train in parallel)::
+Phases (one process each, so the two models can train in parallel; the kept results)::
 
-    python benchmarks/bench_joints.py --phase train --models msfanet --folds 0,1
-    python benchmarks/bench_joints.py --phase train --models msfanet_mil --folds 0,1
-    python benchmarks/bench_joints.py --phase collect --folds 0,1 \\
+    python benchmarks/bench_joints.py --phase train --models msfanet
+    python benchmarks/bench_joints.py --phase train --models msfanet_mil
+    python benchmarks/bench_joints.py --phase collect --checkpoints best,last \\
         --out benchmarks/results/joints_cpu_2core.json
 
 ``--data``/``--cohort`` reuse a preprocessed demo dataset and its cohort when their fingerprint
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 MODELS = ("msfanet", "msfanet_mil")
-DEFAULT_TRAIN = {"model_cfg": {"preset": "demo"}, "lr_schedule": "cosine", "warmup_epochs": 2, "epochs": 8}
+DEFAULT_TRAIN = {"model_cfg": {"preset": "demo"}, "lr_schedule": "cosine", "warmup_epochs": 2, "epochs": 60}
 
 
 def demo_params() -> dict:
@@ -257,7 +257,7 @@ def main() -> None:
     ap.add_argument("--data", default="/tmp/demo15/data")
     ap.add_argument("--cohort", default="/tmp/demo15/cohort")
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--folds", default="0,1")
+    ap.add_argument("--folds", default="0,1,2,3")
     ap.add_argument("--train", default=json.dumps(DEFAULT_TRAIN), help="JSON TrainConfig overrides on the cpu profile")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--checkpoints", default="best", help="collect: score these fold checkpoints (best,last)")

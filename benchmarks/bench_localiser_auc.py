@@ -15,7 +15,7 @@ Uses the fold models that ``bench_joints.py --phase train`` trained on manual-RO
 Reports the AUC on manual and on predicted crops (pooled OOF, per fold), the paired DeLong
 test, the crop-centre shift (mm) between the two crops, and the cases the localiser refused.
 
-    python benchmarks/bench_localiser_auc.py --folds 0,1 --out benchmarks/results/localiser_auc_cpu_2core.json
+    python benchmarks/bench_localiser_auc.py --out benchmarks/results/localiser_auc_cpu_2core.json
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/mil")
     ap.add_argument("--data", default="/tmp/demo15/data")
     ap.add_argument("--cohort", default="/tmp/demo15/cohort")
-    ap.add_argument("--folds", default="0,1")
+    ap.add_argument("--folds", default="0,1,2,3")
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--phase", choices=("fit", "all"), default="all")
     ap.add_argument("--out", default="benchmarks/results/localiser_auc_cpu_2core.json")
