@@ -283,7 +283,10 @@ def main() -> None:
     import torch
 
     result.update({
-        "train_overrides": train_cfg, "folds": folds, "data": str(data), "cohort": str(cohort),
+        # what the folds were trained with (their run.json), not this call's --train
+        "train_config": {m: json.loads((work / "runs" / m / f"f{folds[0]}" / "run.json").read_text())["train"]
+                         for m in models if (work / "runs" / m / f"f{folds[0]}" / "run.json").exists()},
+        "folds": folds, "data": str(data), "cohort": str(cohort),
         "reused_data_check": "fingerprint params, external site and cohort n/seed/profile match the demo settings"
         if str(data) != str(work / "data") else "built here",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
