@@ -122,7 +122,7 @@ class JointMIL(MultiSequenceModel):
             self._cam[name] = wrapped.tap
 
     def _parent_of(self, layer: nn.Module) -> tuple[nn.Module, str]:
-        for name, mod in self.net.named_modules():
+        for _, mod in self.net.named_modules():
             for attr, child in mod.named_children():
                 if child is layer:
                     return mod, attr
