@@ -11,6 +11,7 @@ complementarity guarantee (neither sequence alone separates the classes as well 
 from distmsfa.data.synthetic.cohort import MANIFEST_COLUMNS, generate_cohort, plan_cohort
 from distmsfa.data.synthetic.config import MIMICS, CohortConfig
 from distmsfa.data.synthetic.findings import CODES as LESION_CODES
+from distmsfa.data.synthetic.joints import joint_truth
 from distmsfa.data.synthetic.sites import (
     BUILTIN_SITES, CLINICAL, DEMO, PROFILES, AcquisitionProfile, SiteProfile, get_profile,
 )
@@ -18,5 +19,5 @@ from distmsfa.data.synthetic.sites import (
 __all__ = [
     "generate_cohort", "plan_cohort", "CohortConfig", "SiteProfile", "AcquisitionProfile",
     "BUILTIN_SITES", "PROFILES", "DEMO", "CLINICAL", "get_profile", "MANIFEST_COLUMNS",
-    "MIMICS", "LESION_CODES",
+    "MIMICS", "LESION_CODES", "joint_truth",
 ]
