@@ -31,7 +31,7 @@ def run_demo(
     n: int = 120,
     seed: int = 0,
     model: str = "msfanet",
-    profile: str = "cpu",
+    profile: str = "demo",
     address: str | None = None,
     epochs: int | None = None,
     folds: int = 4,
