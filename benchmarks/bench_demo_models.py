@@ -33,14 +33,14 @@ MODELS = ("msfanet", "baseline", "baseline_t1", "baseline_fs")
 def build_data(work: Path, n: int) -> Path:
     from distmsfa.data import PreprocessConfig, build_dataset
     from distmsfa.data.synthetic import generate_cohort
-    from distmsfa.demo import DEMO_CROP, DEMO_SPACING_MM
+    from distmsfa.demo import DEMO_CROP, DEMO_ROI_MASK_MM, DEMO_SPACING_MM
 
     manifest = work / "cohort" / "manifest.csv"
     if not manifest.exists():
         generate_cohort(work / "cohort", n=n, seed=0, workers=2, progress=False)
     data = work / "data"
     if not (data / "index.parquet").exists():
-        build_dataset(manifest, data, PreprocessConfig(target_spacing_mm=DEMO_SPACING_MM, crop_size=DEMO_CROP, seed=0),
+        build_dataset(manifest, data, PreprocessConfig(target_spacing_mm=DEMO_SPACING_MM, crop_size=DEMO_CROP, roi_mask_mm=DEMO_ROI_MASK_MM, seed=0),
                       address="serial", external_sites=("NHH",), progress=False)
     return data
 

@@ -291,7 +291,7 @@ class EnsemblePredictor:
         mine_pv = ((self.fingerprint.get("params") or {}).get("preprocess_version"))
         out = []
         for key in ("resolved_spacing_dhw", "crop_size", "orientation", "clip_percentiles", "normalize_region",
-                    "interpolation"):
+                    "interpolation", "roi_mask_mm"):  # a key missing on either side (older dataset) reads as None
             a, b = mine.get(key), params.get(key)
             if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
                 same = len(a) == len(b) and all(abs(float(x) - float(y)) <= 1e-6 for x, y in zip(a, b))

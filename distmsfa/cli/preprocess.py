@@ -27,6 +27,8 @@ def preprocess(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with PreprocessConfig keys (or a 'preprocess:' section)"),
     spacing: Optional[str] = typer.Option(None, "--spacing", help="target spacing D,H,W in mm (default: cohort median)"),
     crop: Optional[str] = typer.Option(None, "--crop", help="crop size D,H,W in voxels (default 24,224,320)"),
+    roi_mask_mm: Optional[float] = typer.Option(None, "--roi-mask-mm", help="zero the crop farther than this many mm "
+                                                "from the ROI (needs label-map or box ROIs; default: the paper's box crop)"),
     external_site: List[str] = typer.Option([], "--external-site", help="site kept out of the folds (repeatable)"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local Ray)"),
     serial: bool = typer.Option(False, "--serial", help="run in this process without Ray"),
@@ -67,6 +69,8 @@ def preprocess(
             changes["target_spacing_mm"] = _triple(spacing, "--spacing")
         if crop:
             changes["crop_size"] = _triple(crop, "--crop", int)
+        if roi_mask_mm is not None:
+            changes["roi_mask_mm"] = roi_mask_mm
         cfg = cfg.replace(**changes) if changes else cfg
     except (ConfigError, OSError) as exc:
         fail(str(exc))

@@ -97,6 +97,8 @@ def params_fingerprint(cfg: PreprocessConfig, spacing_dhw) -> str:
         "SimpleITK": SimpleITK.Version_VersionString(),
         "numpy": numpy.__version__,
     }
+    if cfg.roi_mask_mm is not None:  # only when set: datasets built before the option keep their fingerprint
+        payload["roi_mask_mm"] = float(cfg.roi_mask_mm)
     blob = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -54,6 +54,10 @@ class PreprocessConfig(Config):
     # extents (the in-plane FOV) at least the low value, every extent at most the high one.
     plausible_spacing_mm: tuple[float, float] = (0.1, 15.0)
     plausible_fov_mm: tuple[float, float] = (100.0, 700.0)
+    # "ROI extraction" (docs/preprocessing.md, "Masking the crop to the ROI"): None keeps the
+    # paper's box crop; a distance in mm zeroes every voxel of the crop farther than that from
+    # the ROI label map (or box), so the network sees the joints, not what lies beside them.
+    roi_mask_mm: float | None = None
 
     def __post_init__(self) -> None:
         n = type(self).__name__
@@ -84,6 +88,12 @@ class PreprocessConfig(Config):
         require(self.interpolation in ("linear", "bspline"), n,
                 f"interpolation must be 'linear' or 'bspline', got {self.interpolation!r}")
         require(int(self.n_folds) >= 2, n, f"n_folds must be >= 2, got {self.n_folds!r}")
+        if self.roi_mask_mm is not None:
+            require(isinstance(self.roi_mask_mm, (int, float)) and not isinstance(self.roi_mask_mm, bool)
+                    and 0.0 <= float(self.roi_mask_mm) <= 100.0, n,
+                    f"roi_mask_mm must be a distance in mm in [0, 100] (or null for the paper's box crop), "
+                    f"got {self.roi_mask_mm!r}")
+            object.__setattr__(self, "roi_mask_mm", float(self.roi_mask_mm))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +242,18 @@ def roi_center(roi: Roi, t1: sitk.Image) -> np.ndarray:
     return center
 
 
+def roi_neighbourhood(mask: np.ndarray, spacing_dhw: Sequence[float], distance_mm: float) -> np.ndarray:
+    """Boolean (D, H, W): the voxels within ``distance_mm`` (physical, anisotropic spacing) of
+    a voxel of ``mask`` (any label > 0)."""
+    from scipy import ndimage
+
+    inside = np.asarray(mask) > 0
+    if not inside.any():
+        return inside
+    dist = ndimage.distance_transform_edt(~inside, sampling=[float(v) for v in spacing_dhw])
+    return dist <= float(distance_mm) + 1e-6
+
+
 def preprocess_images(t1: sitk.Image, fs: sitk.Image, roi: Roi, cfg: PreprocessConfig,
                       spacing_dhw: Sequence[float]) -> Preprocessed:
     """Turn one case's T1, FS and ROI into the aligned, cropped, scaled pair (see module doc)."""
@@ -286,10 +308,18 @@ def preprocess_images(t1: sitk.Image, fs: sitk.Image, roi: Roi, cfg: PreprocessC
         inside = ((allp >= b[:3]) & (allp <= b[3:])).all(axis=1)
         mask = inside.reshape(tuple(size_xyz)).transpose(2, 1, 0).astype(np.uint8)
     else:  # a centre gives no extent: the mask stays empty (documented)
+        if cfg.roi_mask_mm is not None:
+            raise ImageReadError(f"roi: only a centre was given, but this preprocessing masks the crop to the ROI "
+                                 f"(roi_mask_mm={cfg.roi_mask_mm:g}); give the ROI as a label map (or a box), or use a "
+                                 f"localiser to predict one")
         mask = np.zeros(tuple(cfg.crop_size), np.uint8)
 
+    pair = np.stack([t1c, fsc])
+    if cfg.roi_mask_mm is not None:
+        pair = pair * roi_neighbourhood(mask, spacing_dhw, cfg.roi_mask_mm)[None]
+
     return Preprocessed(
-        pair=np.stack([t1c, fsc]).astype(np.float16),
+        pair=pair.astype(np.float16),
         roi=mask.astype(np.uint8),
         spacing_dhw=tuple(float(v) for v in spacing_dhw),
         crop_origin_mm=tuple(float(v) for v in origin),

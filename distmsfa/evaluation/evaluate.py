@@ -33,7 +33,7 @@ import pandas as pd
 SPLITS = ("external", "internal", "all")
 #: Preprocessing parameters that change the arrays a model sees (fingerprint.json "params").
 PREPROCESS_KEYS = ("resolved_spacing_dhw", "crop_size", "orientation", "clip_percentiles", "normalize_region",
-                   "interpolation", "preprocess_version")
+                   "interpolation", "roi_mask_mm", "preprocess_version")  # a missing key reads as None
 VERSION_KEYS = ("distmsfa", "SimpleITK", "numpy")
 
 

@@ -67,7 +67,7 @@ def run_main_job(out: str | Path = "runs/quickstart", *, n: int = 120, seed: int
 
     from distmsfa.data import PreprocessConfig, build_dataset
     from distmsfa.data.synthetic import generate_cohort
-    from distmsfa.demo import DEMO_CROP, DEMO_SPACING_MM
+    from distmsfa.demo import DEMO_CROP, DEMO_ROI_MASK_MM, DEMO_SPACING_MM
     from distmsfa.hpo.ray_tune import quiet_ray
     from distmsfa.hpo.runner import tune_study
     from distmsfa.training.outputs import write_json
@@ -84,7 +84,7 @@ def run_main_job(out: str | Path = "runs/quickstart", *, n: int = 120, seed: int
     console.print(f"[2/{k}] preprocessing to {DEMO_CROP} voxels at {DEMO_SPACING_MM} mm", highlight=False)
     data = out / "data"
     t = time.time()
-    pre = PreprocessConfig(target_spacing_mm=DEMO_SPACING_MM, crop_size=DEMO_CROP, seed=seed)
+    pre = PreprocessConfig(target_spacing_mm=DEMO_SPACING_MM, crop_size=DEMO_CROP, roi_mask_mm=DEMO_ROI_MASK_MM, seed=seed)
     # serial preprocessing: on a small machine starting Ray Data's workers costs more than it saves
     # for ~100 small cases, and the study starts its own Ray right after (docs/tuning.md).
     report = build_dataset(manifest, data, pre, address=address or "serial", external_sites=("NHH",), progress=False)

@@ -30,7 +30,7 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, seed: int, epoch: int, st
     """Augment ``x`` ``(B, 2, D, H, W)`` in [0, 1]; returns a new tensor of the same shape/dtype.
 
     Geometry (shared by T1 and FS): left-right flip (W), in-plane rotation about the D
-    axis, isotropic zoom; border padding is zero (background).  Intensity: per case and
+    axis, isotropic zoom, in-plane translation (``translate``); border padding is zero (background).  Intensity: per case and
     per sequence ``x * (1 + a) + b``, clipped back to [0, 1]."""
     if not cfg.enabled:
         return x
@@ -43,6 +43,9 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, seed: int, epoch: int, st
     zoom = _rand(gen, b, 1.0 - cfg.scale, 1.0 + cfg.scale)
     gain = _rand(gen, 2 * b, -cfg.intensity_scale, cfg.intensity_scale).view(b, 2)
     shift = _rand(gen, 2 * b, -cfg.intensity_shift, cfg.intensity_shift).view(b, 2)
+    # Drawn last and only when used, so every other draw is the same as without translation.
+    move = (_rand(gen, 2 * b, -2 * cfg.translate, 2 * cfg.translate).view(b, 2) if cfg.translate > 0
+            else torch.zeros(b, 2, dtype=torch.float64))  # normalised coords span 2: fraction x 2
 
     # affine_grid's theta maps output coords (x=W, y=H, z=D; normalised) to input coords.
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
@@ -53,7 +56,9 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, seed: int, epoch: int, st
     theta[:, 1, 0] = sin * sx
     theta[:, 1, 1] = cos
     theta[:, 2, 2] = 1.0  # no zoom/rotation across the thick-slice axis D
-    needs_warp = bool(cfg.rotate_deg > 0 or cfg.scale > 0 or flip.any())
+    theta[:, 0, 3] = move[:, 0]  # W
+    theta[:, 1, 3] = move[:, 1]  # H
+    needs_warp = bool(cfg.rotate_deg > 0 or cfg.scale > 0 or cfg.translate > 0 or flip.any())
     out = x
     if needs_warp:
         work = x.float()

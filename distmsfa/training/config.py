@@ -35,6 +35,9 @@ class AugmentConfig(Config):
     scale: float = 0.1
     intensity_scale: float = 0.1
     intensity_shift: float = 0.05
+    # Random in-plane translation, a fraction of the crop's extent along H and W (0.05 = up to
+    # +-5 %); 0 (default) draws nothing, so runs without it are unchanged.
+    translate: float = 0.0
 
     def __post_init__(self) -> None:
         n = type(self).__name__
@@ -43,6 +46,7 @@ class AugmentConfig(Config):
         require(0.0 <= self.scale < 0.5, n, f"scale={self.scale} must be in [0, 0.5)")
         require(0.0 <= self.intensity_scale < 1.0, n, f"intensity_scale={self.intensity_scale} must be in [0, 1)")
         require(0.0 <= self.intensity_shift < 1.0, n, f"intensity_shift={self.intensity_shift} must be in [0, 1)")
+        require(0.0 <= self.translate <= 0.25, n, f"translate={self.translate} must be in [0, 0.25] (a fraction of the crop)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -180,3 +180,34 @@ def test_overlap_check_sees_thin_slabs():
     assert _overlap(t1g, fsg) and _overlap(fsg, t1g)
     far = grid((224, 224, 6), (0.7, 0.7, 6.0), CORONAL, (2.0, 3.0, 400.0))
     assert not _overlap(t1g, far)
+
+
+def test_roi_mask_keeps_the_roi_neighbourhood_and_zeroes_the_rest():
+    """roi_mask_mm: voxels within the distance of the ROI are the unmasked crop's, all others 0."""
+    from distmsfa.data.fingerprint import params_fingerprint
+    from distmsfa.data.preprocess import roi_neighbourhood
+
+    t1, fs, roi = _case()
+    plain = preprocess_images(t1, fs, Roi(label_map=roi), CFG, CFG.target_spacing_mm)
+    masked_cfg = CFG.replace(roi_mask_mm=6.0)
+    masked = preprocess_images(t1, fs, Roi(label_map=roi), masked_cfg, CFG.target_spacing_mm)
+    keep = roi_neighbourhood(plain.roi, CFG.target_spacing_mm, 6.0)
+    assert plain.roi.any() and keep.sum() > (plain.roi > 0).sum()  # dilated beyond the ROI itself
+    assert 0 < keep.mean() < 0.9
+    np.testing.assert_array_equal(masked.pair[:, keep], plain.pair[:, keep])
+    assert masked.pair[:, ~keep].max() == 0 and plain.pair[:, ~keep].max() > 0
+    np.testing.assert_array_equal(masked.roi, plain.roi)
+    # distances are physical: 6 mm reaches 1 voxel along D (5 mm) and 2 along H/W (3 mm)
+    one = np.zeros((9, 9, 9), np.uint8)
+    one[4, 4, 4] = 1
+    nb = roi_neighbourhood(one, (5.0, 3.0, 3.0), 6.0)
+    assert nb[3, 4, 4] and not nb[2, 4, 4] and nb[4, 2, 4] and not nb[4, 1, 4] and nb[4, 4, 6] and not nb[4, 4, 7]
+    # a box ROI masks too; a centre alone cannot and says how to fix it
+    preprocess_images(t1, fs, Roi(bbox_mm=(40, -15, -40, 63, 35, 40)), masked_cfg, CFG.target_spacing_mm)
+    with pytest.raises(ImageReadError, match="roi_mask_mm=6.*label map"):
+        preprocess_images(t1, fs, Roi(center_mm=(0, 10, 0)), masked_cfg, CFG.target_spacing_mm)
+    # the option is part of the dataset fingerprint only when set (old datasets keep theirs)
+    assert params_fingerprint(CFG, (5.0, 3.0, 3.0)) == params_fingerprint(CFG.replace(roi_mask_mm=None), (5.0, 3.0, 3.0))
+    assert params_fingerprint(CFG, (5.0, 3.0, 3.0)) != params_fingerprint(masked_cfg, (5.0, 3.0, 3.0))
+    with pytest.raises(ConfigError, match="roi_mask_mm"):
+        PreprocessConfig(roi_mask_mm=-1)

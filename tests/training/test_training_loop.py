@@ -54,6 +54,21 @@ def test_augment_pure_flip_is_a_left_right_flip():
     assert torch.equal(augment_batch(x, AugmentConfig(enabled=False), 0, 0, 0), x)
 
 
+def test_augment_translate_moves_both_sequences_within_the_range():
+    x = torch.zeros(2, 2, 3, 20, 20)
+    x[:, :, :, 8:12, 8:12] = 1.0  # a centred square in both sequences
+    pure = dict(flip_prob=0.0, rotate_deg=0.0, scale=0.0, intensity_scale=0.0, intensity_shift=0.0)
+    moved = augment_batch(x, AugmentConfig(translate=0.2, **pure), seed=1, epoch=0, step=0)
+    assert torch.equal(moved[:, 0], moved[:, 1])  # one shift for T1 and FS
+    com = lambda v, ax: float((v.sum(dim=tuple(i for i in range(3) if i != ax)) * torch.arange(v.shape[ax])).sum() / v.sum())
+    shifts = [(com(moved[i, 0], 1) - 9.5, com(moved[i, 0], 2) - 9.5) for i in range(2)]
+    assert all(abs(s) <= 0.2 * 20 + 0.5 for pair in shifts for s in pair)  # within +-20 % of the extent
+    assert max(abs(s) for pair in shifts for s in pair) > 0.5  # and it did move
+    assert abs(float(moved[0, 0].sum()) - float(x[0, 0].sum())) < 1e-3 * float(x[0, 0].sum()) + 1e-3  # stayed inside
+    with pytest.raises(ConfigError, match="translate"):
+        AugmentConfig(translate=0.5)
+
+
 def test_configs_refuse_bad_values_with_a_fix():
     with pytest.raises(ConfigError, match="batch_size"):
         TrainConfig(batch_size=1)
