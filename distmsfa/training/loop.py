@@ -22,6 +22,7 @@ from distmsfa.training.augment import augment_batch
 from distmsfa.training.batches import Batch, BatchSource
 from distmsfa.training.config import TrainConfig
 from distmsfa.training.schedule import make_scheduler
+from distmsfa.training.speed import CompileTracker, DevicePrefetcher, fixed_size, make_optimizer, pad_to, use_compile
 
 BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
@@ -109,10 +110,6 @@ def to_device(batch: Batch, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y.to(rt.device, non_blocking=True)
 
 
-def _logs_to_float(logs: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in (logs or {}).items()}
-
-
 def _forward(model, x: torch.Tensor, rt: Runtime) -> dict[str, torch.Tensor]:
     """Model heads as float32 logits: the layout and autocast of ``rt`` applied to ``x``."""
     if rt.channels_last:
@@ -122,58 +119,109 @@ def _forward(model, x: torch.Tensor, rt: Runtime) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in out.items()}
 
 
-def train_epoch(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, epoch: int, rt: Runtime) -> dict[str, float]:
+def _sum_logs(logs: dict[str, Any], b: int, dev: dict[str, torch.Tensor], host: dict[str, float]) -> None:
+    """Add ``logs`` (weighted by the batch size ``b``) to the running sums: tensor values on
+    their device, in float64 (the same arithmetic as summing ``float(v) * b`` on the host)."""
+    for k, v in (logs or {}).items():
+        if torch.is_tensor(v):
+            v = v.detach().double() * b
+            dev[k] = v if k not in dev else dev[k] + v
+        else:
+            host[k] = host.get(k, 0.0) + float(v) * b
+
+
+def _read_once(named: dict[str, torch.Tensor]) -> dict[str, float]:
+    """All device scalars to the host in one transfer (one sync)."""
+    if not named:
+        return {}
+    values = torch.stack([v.reshape(()).double() for v in named.values()]).cpu().tolist()
+    return dict(zip(named, values))
+
+
+def train_epoch(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, epoch: int, rt: Runtime, *,
+                compiled: Optional[torch.nn.Module] = None, tracker: Optional[CompileTracker] = None) -> dict[str, float]:
+    """One training epoch.  Nothing here waits for the GPU: the loss and log sums stay on the
+    device and come to the host once, at the end (also the non-finite-loss check: the
+    epoch fails at its end, naming the first bad step).  ``compiled``: the
+    ``torch.compile``-d ``model`` to run the forward with; a short last batch is then
+    dropped (fixed shapes, see ``TrainConfig.compile``)."""
     model.train()
-    total, n, wait, logs_sum = 0.0, 0, 0.0, {}
-    t_end = time.perf_counter()
-    for step, batch in enumerate(batches):
-        wait += time.perf_counter() - t_end
-        x, y = to_device(batch, rt)
+    net = compiled if compiled is not None else model
+    tracker = tracker or CompileTracker(False)
+    if compiled is not None:
+        batches = fixed_size(batches, cfg.batch_size)
+    feed = DevicePrefetcher(batches, rt.device)
+    n = 0
+    dev_sums: dict[str, torch.Tensor] = {}
+    host_sums: dict[str, float] = {}
+    bad = torch.full((2,), -1.0, dtype=torch.float64, device=rt.device)  # (first bad step, its loss)
+    for step, (_, x, y) in enumerate(feed):
+        tracker.begin()
         x = augment_batch(x, cfg.augment, cfg.seed, epoch, step)
-        out = _forward(model, x, rt)
+        out = _forward(net, x, rt)
         loss, logs = model.loss(out, y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"epoch {epoch} step {step}: loss is {float(loss)}; lower lr or enable grad_clip")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
+        tracker.end(rt.device)
         b = int(y.shape[0])
-        total += float(loss.detach()) * b
+        lv = loss.detach()
+        first_bad = (bad[0] < 0) & ~torch.isfinite(lv)
+        bad = torch.where(first_bad, torch.stack([torch.full_like(lv, step).double(), lv.double()]), bad)
+        _sum_logs({"__loss": lv, **logs}, b, dev_sums, host_sums)
         n += b
-        for k, v in _logs_to_float(logs).items():
-            logs_sum[k] = logs_sum.get(k, 0.0) + v * b
-        t_end = time.perf_counter()
     if n == 0:
-        raise ValueError("the training set yielded no batch; check the fold's case count and batch_size")
-    out = {"train_loss": total / n, "train_samples": float(n), "data_wait_s": wait}
-    out.update({f"train_{k}": v / n for k, v in logs_sum.items()})  # e.g. train_w_fuse: hybrid-loss weights
+        hint = f" (compile is on: batches shorter than batch_size={cfg.batch_size} are dropped)" if compiled is not None else ""
+        raise ValueError(f"the training set yielded no batch; check the fold's case count and batch_size{hint}")
+    sums = _read_once({**dev_sums, "__bad_step": bad[0], "__bad_loss": bad[1]})
+    bad_step, bad_loss = sums.pop("__bad_step"), sums.pop("__bad_loss")
+    if bad_step >= 0:
+        raise FloatingPointError(f"epoch {epoch} step {int(bad_step)}: loss is {bad_loss}; lower lr or enable grad_clip")
+    sums.update(host_sums)
+    out = {"train_loss": sums.pop("__loss") / n, "train_samples": float(n), "data_wait_s": feed.wait_s}
+    out.update({f"train_{k}": v / n for k, v in sums.items()})  # e.g. train_w_fuse: hybrid-loss weights
     return out
 
 
 @torch.no_grad()
 def evaluate(model, batches: Iterable[Batch], rt: Runtime, what: str = "validation",
-             allow_empty: bool = False) -> Optional[EvalOutput]:
+             allow_empty: bool = False, *, compiled: Optional[torch.nn.Module] = None,
+             pad_to_size: Optional[int] = None, tracker: Optional[CompileTracker] = None) -> Optional[EvalOutput]:
+    """Predictions and mean loss over ``batches``; the device results come to the host in one
+    transfer at the end.  ``pad_to_size``: short batches are padded to it (copies of their
+    last case, outputs discarded) so a ``compiled`` model sees one shape."""
     model.eval()
+    net = compiled if compiled is not None else model
+    tracker = tracker or CompileTracker(False)
     ids: list[str] = []
-    labels, probs, heads, total = [], [], {}, 0.0
-    for batch in batches:
-        x, y = to_device(batch, rt)
-        out = _forward(model, x, rt)
+    labels, probs, heads = [], [], {}
+    total = torch.zeros((), dtype=torch.float64, device=rt.device)
+    for batch, x, y in DevicePrefetcher(batches, rt.device):
+        n = int(x.shape[0])
+        if pad_to_size is not None:
+            x, _, n = pad_to(x, y, pad_to_size)
+        tracker.begin()
+        out = _forward(net, x, rt)
+        tracker.end(rt.device)
+        out = {k: v[:n] for k, v in out.items()}
         loss, _ = model.loss(out, y)
-        total += float(loss) * int(y.shape[0])
+        total = total + loss.detach().double() * n
         ids.extend(str(c) for c in batch["case_id"])
-        labels.append(y.cpu().numpy())
-        probs.append(model.predict_proba(out).float().cpu().numpy())
+        labels.append(y.float())
+        probs.append(model.predict_proba(out).float())
         for k, v in out.items():
-            heads.setdefault(k, []).append(torch.sigmoid(v).cpu().numpy())
+            heads.setdefault(k, []).append(torch.sigmoid(v).float())
     if not ids:
         if allow_empty:
             return None
         raise ValueError(f"the {what} set yielded no batch")
-    lab = np.concatenate(labels)
-    return EvalOutput(ids, lab, np.concatenate(probs), {k: np.concatenate(v) for k, v in heads.items()}, total / len(lab))
+    parts = [torch.cat(labels), torch.cat(probs)] + [torch.cat(v) for v in heads.values()]
+    m = len(ids)
+    flat = torch.cat([p.double() for p in parts] + [total.view(1)]).cpu().numpy()  # the one transfer
+    cols = [flat[i * m:(i + 1) * m].astype(np.float32) for i in range(len(parts))]
+    return EvalOutput(ids, cols[0], cols[1], dict(zip(heads, cols[2:])), float(flat[-1]) / m)
 
 
 def _better(auc: float, loss: float, best_auc: float, best_loss: float) -> bool:
@@ -206,6 +254,12 @@ def _torch_settings(cfg: TrainConfig, rt: Runtime):
         torch.use_deterministic_algorithms(prev_det, warn_only=True)
         torch.set_num_threads(prev_threads)
         torch.backends.cudnn.benchmark = prev_bench
+
+
+def plain_state_dict(sd: dict[str, Any]) -> dict[str, Any]:
+    """``sd`` without torch.compile's ``_orig_mod.`` key prefix (a state dict taken from a
+    compiled module loads into the plain one)."""
+    return {k.replace("_orig_mod.", ""): v for k, v in sd.items()}
 
 
 def load_state(path: str) -> dict[str, Any]:
@@ -248,7 +302,7 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
     with _torch_settings(cfg, rt):
         seed_everything(cfg.seed)
         model = build_model(cfg, rt)
-        optimizer = torch.optim.Adam(model.param_groups(cfg.weight_decay), lr=cfg.lr)
+        optimizer, opt_impl = make_optimizer(model.param_groups(cfg.weight_decay), cfg.lr, rt.device)
         scheduler = make_scheduler(optimizer, cfg)
         history: list[dict[str, float]] = []
         best = {"auc": math.nan, "loss": math.inf, "epoch": -1}  # by the fold's validation cases
@@ -257,7 +311,7 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
         sel_weights: dict[str, Any] | None = None
         start, resumed_from = 0, -1
         if resume is not None:
-            model.load_state_dict(resume["model"])
+            model.load_state_dict(plain_state_dict(resume["model"]))
             optimizer.load_state_dict(resume["optimizer"])
             if "scheduler" in resume:
                 scheduler.load_state_dict(resume["scheduler"])
@@ -277,26 +331,38 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
                 sel_weights = load_state(os.path.join(out_dir, BEST_FILE))["model"]
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
+        # The compiled module shares ``model``'s parameters; checkpoints are always taken
+        # from ``model`` itself, so their keys carry no ``_orig_mod.`` prefix.
+        compile_on = use_compile(cfg.compile, rt.device)
+        compiled = torch.compile(model, dynamic=False) if compile_on else None
+        tracker = CompileTracker(compile_on)
+        fast = {"compiled": compiled, "tracker": tracker}
+        pad = cfg.batch_size if compile_on else None
         for epoch in range(start, cfg.epochs):
+            graphs0, compile0 = tracker.snapshot()
             t0 = time.perf_counter()
             torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout etc.: same on resume
-            tr = train_epoch(model, optimizer, source.train_batches(epoch), cfg, epoch, rt)
+            tr = train_epoch(model, optimizer, source.train_batches(epoch), cfg, epoch, rt, **fast)
             t_train = time.perf_counter() - t0
             lr_used = float(optimizer.param_groups[0]["lr"])
             scheduler.step()  # the next epoch's lr; stepped before the checkpoint below
-            ev = evaluate(model, source.val_batches(), rt)
+            ev = evaluate(model, source.val_batches(), rt, pad_to_size=pad, **fast)
             m = binary_metrics(ev.labels, ev.prob, cfg.threshold_value)
             metrics = {"fold": float(fold), "epoch": float(epoch), **{f"val_{k}": v for k, v in m.items()},
                        "val_loss": ev.loss}
             if use_inner:
-                iv = evaluate(model, source.inner_batches(), rt,
+                iv = evaluate(model, source.inner_batches(), rt, pad_to_size=pad, **fast,
                               what="inner selection (build the source from batches.fold_rows(..., selection='inner'))")
                 im = binary_metrics(iv.labels, iv.prob, cfg.threshold_value)
                 metrics.update({f"inner_{k}": v for k, v in im.items()}, inner_loss=iv.loss)
             metrics.update({**tr, "lr": lr_used,
                             "epoch_time_s": time.perf_counter() - t0,
                             "train_samples_per_s": tr["train_samples"] / max(t_train, 1e-9),
-                            "resumed_from_epoch": float(resumed_from)})
+                            "resumed_from_epoch": float(resumed_from),
+                            # per epoch: graphs built and the wall time of the steps that built
+                            # them; after the first epoch both stay 0 (no recompiles)
+                            "compile_graphs": float(tracker.graphs - graphs0),
+                            "compile_s": tracker.compile_s - compile0})
             history.append(metrics)
             records = {"records": _frame_records(ev, fold), "loss": ev.loss}
             preds["last"] = records
@@ -334,16 +400,21 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
             estimates[key] = {"epoch": epochs[key], "metrics": mm, "predictions": df}
         external = None
         if sel_weights is not None:
-            model.load_state_dict(sel_weights)
+            model.load_state_dict(plain_state_dict(sel_weights))
         key = SELECTED_ESTIMATE[cfg.selection]
         if key not in estimates:  # resumed from a checkpoint written before the estimates were kept
-            ev = evaluate(model, source.val_batches(), rt)
+            ev = evaluate(model, source.val_batches(), rt, pad_to_size=pad, **fast)
             estimates[key] = {"epoch": epochs[key], "predictions": ev.frame(fold),
                               "metrics": {**binary_metrics(ev.labels, ev.prob, cfg.threshold_value), "loss": ev.loss}}
         chosen = estimates[key]
         ext_batches = _optional_batches(source, "external_batches")
         if ext_batches is not None:
-            xe = evaluate(model, ext_batches, rt, what="external", allow_empty=True)
+            xe = evaluate(model, ext_batches, rt, what="external", allow_empty=True, pad_to_size=pad, **fast)
             external = None if xe is None else xe.frame(fold)
+        speed = {"compile": compile_on, "optimizer": opt_impl, "device": str(rt.device),
+                 # this run's epochs and final scoring (a resumed fold: since the resume)
+                 "compile_s": tracker.compile_s, "compile_graphs": tracker.graphs,
+                 "compile_s_all_epochs": float(sum(h.get("compile_s", 0.0) or 0.0 for h in history))}
         return FoldResult(fold, history, int(chosen["epoch"]), dict(chosen["metrics"]), chosen["predictions"],
-                          resumed_from, estimates=estimates, external=external, selection=cfg.selection)
+                          resumed_from, estimates=estimates, external=external, selection=cfg.selection,
+                          extra={"speed": speed})
