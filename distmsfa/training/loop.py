@@ -22,7 +22,8 @@ from distmsfa.training.augment import augment_batch
 from distmsfa.training.batches import Batch, BatchSource
 from distmsfa.training.config import TrainConfig
 from distmsfa.training.schedule import make_scheduler
-from distmsfa.training.speed import CompileTracker, DevicePrefetcher, fixed_size, make_optimizer, pad_to, use_compile
+from distmsfa.training.speed import (CompileTracker, DevicePrefetcher, EpochSums, fixed_size, make_optimizer, pad_to,
+                                     sum_logs, use_compile)
 
 BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
@@ -119,30 +120,11 @@ def _forward(model, x: torch.Tensor, rt: Runtime) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in out.items()}
 
 
-def _sum_logs(logs: dict[str, Any], b: int, dev: dict[str, torch.Tensor], host: dict[str, float]) -> None:
-    """Add ``logs`` (weighted by the batch size ``b``) to the running sums: tensor values on
-    their device, in float64 (the same arithmetic as summing ``float(v) * b`` on the host)."""
-    for k, v in (logs or {}).items():
-        if torch.is_tensor(v):
-            v = v.detach().double() * b
-            dev[k] = v if k not in dev else dev[k] + v
-        else:
-            host[k] = host.get(k, 0.0) + float(v) * b
-
-
-def _read_once(named: dict[str, torch.Tensor]) -> dict[str, float]:
-    """All device scalars to the host in one transfer (one sync)."""
-    if not named:
-        return {}
-    values = torch.stack([v.reshape(()).double() for v in named.values()]).cpu().tolist()
-    return dict(zip(named, values))
-
-
-def train_epoch(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, epoch: int, rt: Runtime, *,
-                compiled: Optional[torch.nn.Module] = None, tracker: Optional[CompileTracker] = None) -> dict[str, float]:
-    """One training epoch.  Nothing here waits for the GPU: the loss and log sums stay on the
-    device and come to the host once, at the end (also the non-finite-loss check: the
-    epoch fails at its end, naming the first bad step).  ``compiled``: the
+def train_steps(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, epoch: int, rt: Runtime, *,
+                compiled: Optional[torch.nn.Module] = None, tracker: Optional[CompileTracker] = None) -> EpochSums:
+    """The steps of one training epoch, without a single host sync: the loss and log sums
+    stay on the device (read them with ``.read()``), and so does the non-finite-loss
+    check (the epoch fails when read, naming the first bad step).  ``compiled``: the
     ``torch.compile``-d ``model`` to run the forward with; a short last batch is then
     dropped (fixed shapes, see ``TrainConfig.compile``)."""
     model.train()
@@ -154,7 +136,7 @@ def train_epoch(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, ep
     n = 0
     dev_sums: dict[str, torch.Tensor] = {}
     host_sums: dict[str, float] = {}
-    bad = torch.full((2,), -1.0, dtype=torch.float64, device=rt.device)  # (first bad step, its loss)
+    bad = torch.full((2,), -1.0, dtype=torch.float64, device=rt.device)
     for step, (_, x, y) in enumerate(feed):
         tracker.begin()
         x = augment_batch(x, cfg.augment, cfg.seed, epoch, step)
@@ -170,19 +152,15 @@ def train_epoch(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, ep
         lv = loss.detach()
         first_bad = (bad[0] < 0) & ~torch.isfinite(lv)
         bad = torch.where(first_bad, torch.stack([torch.full_like(lv, step).double(), lv.double()]), bad)
-        _sum_logs({"__loss": lv, **logs}, b, dev_sums, host_sums)
+        sum_logs({"__loss": lv, **logs}, b, dev_sums, host_sums)
         n += b
-    if n == 0:
-        hint = f" (compile is on: batches shorter than batch_size={cfg.batch_size} are dropped)" if compiled is not None else ""
-        raise ValueError(f"the training set yielded no batch; check the fold's case count and batch_size{hint}")
-    sums = _read_once({**dev_sums, "__bad_step": bad[0], "__bad_loss": bad[1]})
-    bad_step, bad_loss = sums.pop("__bad_step"), sums.pop("__bad_loss")
-    if bad_step >= 0:
-        raise FloatingPointError(f"epoch {epoch} step {int(bad_step)}: loss is {bad_loss}; lower lr or enable grad_clip")
-    sums.update(host_sums)
-    out = {"train_loss": sums.pop("__loss") / n, "train_samples": float(n), "data_wait_s": feed.wait_s}
-    out.update({f"train_{k}": v / n for k, v in sums.items()})  # e.g. train_w_fuse: hybrid-loss weights
-    return out
+    return EpochSums(epoch, cfg.batch_size, compiled is not None, n, dev_sums, host_sums, bad, feed.wait_s)
+
+
+def train_epoch(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, epoch: int, rt: Runtime, *,
+                compiled: Optional[torch.nn.Module] = None, tracker: Optional[CompileTracker] = None) -> dict[str, float]:
+    """One training epoch's metrics: :func:`train_steps`, then one device->host transfer."""
+    return train_steps(model, optimizer, batches, cfg, epoch, rt, compiled=compiled, tracker=tracker).read()
 
 
 @torch.no_grad()

@@ -6,6 +6,8 @@
 * :func:`fixed_size` / :func:`pad_to` - the fixed batch shapes a compiled model needs.
 * :class:`DevicePrefetcher` - the next batch's host->GPU copy (pinned memory, a side
   stream) issued before the current step runs; on CPU a plain pass-through.
+* :func:`sum_logs` / :class:`EpochSums` - an epoch's loss and log sums kept on the device,
+  read in one transfer at the epoch's end (no host sync per step).
 * :func:`make_optimizer` - Adam, fused on CUDA where torch has the fused kernel.
 
 Tensor contract of a device batch: ``x`` float32 ``(B, 2, D, H, W)`` channels (T1, FS) on
@@ -15,6 +17,7 @@ the device, ``y`` float32 ``(B,)`` in {0, 1} on the device; the host batch dict 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Optional
 
 import torch
@@ -178,6 +181,55 @@ class DevicePrefetcher:
         y.record_stream(cur)
         self._preload()  # the next copy is enqueued before this step's kernels
         return batch, x, y
+
+
+def sum_logs(logs: dict[str, Any], b: int, dev: dict[str, torch.Tensor], host: dict[str, float]) -> None:
+    """Add ``logs`` (weighted by the batch size ``b``) to the running sums: tensor values on
+    their device, in float64 (the same arithmetic as summing ``float(v) * b`` on the host)."""
+    for k, v in (logs or {}).items():
+        if torch.is_tensor(v):
+            v = v.detach().double() * b
+            dev[k] = v if k not in dev else dev[k] + v
+        else:
+            host[k] = host.get(k, 0.0) + float(v) * b
+
+
+def _read_once(named: dict[str, torch.Tensor]) -> dict[str, float]:
+    """All device scalars to the host in one transfer (one sync)."""
+    if not named:
+        return {}
+    values = torch.stack([v.reshape(()).double() for v in named.values()]).cpu().tolist()
+    return dict(zip(named, values))
+
+
+@dataclass
+class EpochSums:
+    """A training epoch's sums, still on the device (:func:`train_steps`); :meth:`read`
+    brings them to the host in one transfer and returns the epoch's metrics."""
+
+    epoch: int
+    batch_size: int
+    compiled: bool
+    n: int
+    dev: dict[str, torch.Tensor]
+    host: dict[str, float]
+    bad: torch.Tensor  # (first step with a non-finite loss or -1, that loss)
+    wait_s: float
+
+    def read(self) -> dict[str, float]:
+        if self.n == 0:
+            hint = (f" (compile is on: batches shorter than batch_size={self.batch_size} are dropped)"
+                    if self.compiled else "")
+            raise ValueError(f"the training set yielded no batch; check the fold's case count and batch_size{hint}")
+        sums = _read_once({**self.dev, "__bad_step": self.bad[0], "__bad_loss": self.bad[1]})
+        bad_step, bad_loss = sums.pop("__bad_step"), sums.pop("__bad_loss")
+        if bad_step >= 0:
+            raise FloatingPointError(f"epoch {self.epoch} step {int(bad_step)}: loss is {bad_loss}; "
+                                     "lower lr or enable grad_clip")
+        sums.update(self.host)
+        out = {"train_loss": sums.pop("__loss") / self.n, "train_samples": float(self.n), "data_wait_s": self.wait_s}
+        out.update({f"train_{k}": v / self.n for k, v in sums.items()})  # e.g. train_w_fuse: hybrid-loss weights
+        return out
 
 
 def make_optimizer(params: Any, lr: float, device: torch.device) -> tuple[torch.optim.Optimizer, str]:
