@@ -75,10 +75,12 @@ def _settings(size: str, device: str) -> dict:
 # --- models: eager vs compiled ---------------------------------------------------------------
 
 def step_rate(name: str, preset: str, batch: int, dhw: tuple, device: str, compiled: bool, warmup: int,
-              iters: int, profile: bool = False, backend: str = "inductor") -> dict:
+              iters: int, profile: bool = False, backend: str = "inductor", threads: int | None = None) -> dict:
     """Training-step samples/s of one model, the loop's own optimizer and precision choices."""
     from distmsfa.training.speed import make_optimizer
 
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -149,13 +151,13 @@ def top_kernels(step, dev: torch.device, steps: int = 3, top: int = 15) -> dict:
 
 def section_models(a, s: dict) -> dict:
     out = {"batch": s["batch"], "dhw": list(s["dhw"]), "preset": s["preset"], "iters": s["iters"],
-           "compile_backend": s["backend"],
+           "compile_backend": s["backend"], "torch_threads": a.threads or torch.get_num_threads(),
            "step": "forward (autocast) + loss + backward + Adam step", "results": []}
     for name in ("msfanet", "reference"):
         for compiled in (False, True):
             prof = a.profile and name == "msfanet" and compiled
             args = (name, s["preset"], s["batch"], s["dhw"], a.device, compiled, s["warmup"], s["iters"], prof,
-                    s["backend"])
+                    s["backend"], a.threads)
             r = bench_models._in_child(step_rate, *args) if a.device == "cpu" else _guarded(step_rate, *args)
             out["results"].append({"model": name, "mode": "compiled" if compiled else "eager", **r})
             if a.device == "cuda":
@@ -309,6 +311,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated of {', '.join(SECTIONS)}")
     ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                     help="TrainConfig.compile for the training sections (auto = on for CUDA)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads for the models section (default 1 on CPU, as a fold's worker has: "
+                         "on a busy shared machine more threads stall each other; torch's default on CUDA)")
     ap.add_argument("--profile", action="store_true", help="torch.profiler top kernels of compiled MSFANet")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/gpu_<card>_<date>.json; "
                                                 "--smoke: benchmarks/out/gpu_smoke.json)")
@@ -321,6 +326,8 @@ def main(argv=None) -> int:
         ap.error(f"unknown section(s) {bad}; choose from {list(SECTIONS)}")
     if a.device == "cuda":
         torch.backends.cudnn.benchmark = True
+    elif a.threads is None:
+        a.threads = 1
     size = "tiny" if a.smoke else (a.size or ("paper" if a.device == "cuda" else "reduced"))
     a.smoke = size == "tiny"
     s = _settings(size, a.device)

@@ -71,6 +71,7 @@ def _old_evaluate(model, batches):
     return np.concatenate(probs), total / n
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["hybrid", "equal"])
 def test_epoch_metrics_equal_the_per_step_host_computation(loss):
     cfg = TrainConfig(model_cfg={**TINY, "loss": loss}, batch_size=3, lr=1e-3, epochs=2)
