@@ -335,6 +335,7 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
                 metrics.update({f"inner_{k}": v for k, v in im.items()}, inner_loss=iv.loss)
             metrics.update({**tr, "lr": lr_used,
                             "epoch_time_s": time.perf_counter() - t0,
+                            "epoch_end_unix": time.time(),  # wall clock: lines up folds run at once
                             "train_samples_per_s": tr["train_samples"] / max(t_train, 1e-9),
                             "resumed_from_epoch": float(resumed_from),
                             # per epoch: graphs built and the wall time of the steps that built

