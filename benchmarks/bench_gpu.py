@@ -37,6 +37,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -336,6 +337,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads for the models section (default 1 on CPU, as a fold's worker has: "
                          "on a busy shared machine more threads stall each other; torch's default on CUDA)")
+    ap.add_argument("--warm-cache", action="store_true",
+                    help="use inductor's usual on-disk cache (default: an empty one, so compile_s is a cold compile)")
     ap.add_argument("--profile", action="store_true", help="torch.profiler top kernels of compiled MSFANet")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/gpu_<card>_<date>.json; "
                                                 "--smoke: benchmarks/out/gpu_smoke.json)")
@@ -365,6 +368,9 @@ def main(argv=None) -> int:
         out.write_text(json.dumps(report, indent=1, default=float))
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+    if not a.warm_cache:  # compile times as a fresh machine sees them: an empty inductor cache
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "inductor_cache")
+    report["inductor_cache"] = "warm (the user's)" if a.warm_cache else "cold (empty, this run's)"
     ray_started = False
     try:
         for name in sections:
@@ -394,6 +400,7 @@ def main(argv=None) -> int:
             import ray
 
             ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)  # datasets and run folders (GBs at the paper's size)
     report["complete"] = all("error" not in report[n] for n in sections)
     save()
     print(json.dumps({n: ("error: " + report[n]["error"]) if "error" in report[n] else "ok" for n in sections}, indent=1))
