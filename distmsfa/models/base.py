@@ -9,7 +9,8 @@ Output of ``forward``
     1 = axSpA).  ``model.primary_head`` names the head used for prediction.
 ``model.loss(outputs, target)``
     ``target`` float ``(B,)`` in {0, 1}.  Returns ``(loss, logs)`` where ``loss`` is a
-    scalar tensor and ``logs`` a ``dict[str, float]`` (e.g. the hybrid loss's effective
+    scalar tensor and ``logs`` a ``dict[str, Tensor]`` of detached 0-d tensors on the
+    loss's device (e.g. the hybrid loss's effective
     weights ``w_fuse``, ``w_t1``, ``w_fs``) to be logged each epoch.
 ``model.predict_proba(outputs)``
     ``(B,)`` probabilities of axSpA (the primary head by default, or the mean of heads).

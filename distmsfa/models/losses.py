@@ -1,7 +1,9 @@
 """Losses over a model's named heads: the paper's hybrid loss and its ablation variants.
 
 All variants take ``outputs`` (dict of ``(B,)`` logits) and ``target`` ``(B,)`` in {0, 1}
-and return ``(loss, logs)``.  ``logs`` always holds, for each head, ``loss_<head>`` (its
+and return ``(loss, logs)``; ``logs`` values are detached 0-d tensors on the loss's device
+(``float(v)`` reads one; the training loop sums them on the device and transfers once per
+epoch, so a step never waits for the GPU).  ``logs`` always holds, for each head, ``loss_<head>`` (its
 BCE) and ``w_<head>`` (the weight it currently carries), so every variant logs the same
 keys and the hybrid loss's learned weights can be plotted per epoch.
 
@@ -45,15 +47,19 @@ class HeadsLoss(nn.Module):
         super().__init__()
         self.heads = tuple(heads)
         self.weights = tuple(float(w) for w in weights)
+        self.used = tuple(h for h, w in zip(self.heads, self.weights) if w != 0)
+        # Buffers (not in the state dict): they follow the model to its device, so a step
+        # never builds a tensor from Python numbers on the GPU (a blocking host copy).
+        self.register_buffer("_w_used", torch.tensor([w for w in self.weights if w != 0]), persistent=False)
+        self.register_buffer("_w_all", torch.tensor(self.weights), persistent=False)
 
     def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor):
-        used = [h for h, w in zip(self.heads, self.weights) if w != 0]
-        terms = torch.stack(_bce(outputs, target, used))
-        w = torch.tensor([w for w in self.weights if w != 0], device=terms.device)
-        loss = (w * terms).sum()
-        # One device->host copy for all logged values (each float() would be a GPU sync).
-        logs = {f"loss_{h}": v for h, v in zip(used, terms.detach().cpu().tolist())}
-        logs.update({f"w_{h}": w for h, w in zip(self.heads, self.weights)})
+        terms = torch.stack(_bce(outputs, target, self.used))
+        loss = (self._w_used.to(terms.device) * terms).sum()
+        # Logs stay on the device (0-d detached tensors): no host sync per step; the
+        # training loop sums them on the device and reads them once per epoch.
+        logs = {f"loss_{h}": v for h, v in zip(self.used, terms.detach().unbind())}
+        logs.update({f"w_{h}": w for h, w in zip(self.heads, self._w_all.to(terms.device).unbind())})
         return loss, logs
 
 
@@ -80,11 +86,9 @@ class UncertaintyWeightedLoss(nn.Module):
         s = self.log_variances()
         w = torch.exp(-s)
         loss = (w * terms + s).sum()
-        # One device->host copy for all logged values (each float() would be a GPU sync).
-        values = torch.cat([terms.detach(), w.detach()]).cpu().tolist()
-        k = len(self.heads)
-        logs = {f"loss_{h}": v for h, v in zip(self.heads, values[:k])}
-        logs.update({f"w_{h}": v for h, v in zip(self.heads, values[k:])})
+        # Logs stay on the device (0-d detached tensors, see HeadsLoss.forward).
+        logs = {f"loss_{h}": v for h, v in zip(self.heads, terms.detach().unbind())}
+        logs.update({f"w_{h}": v for h, v in zip(self.heads, w.detach().unbind())})
         return loss, logs
 
 

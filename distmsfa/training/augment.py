@@ -62,8 +62,10 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, seed: int, epoch: int, st
     out = x
     if needs_warp:
         work = x.float()
-        grid = F.affine_grid(theta.to(device=x.device, dtype=work.dtype), list(work.shape), align_corners=False)
+        # non_blocking: a small pageable host->GPU copy that need not make the host wait
+        grid = F.affine_grid(theta.to(device=x.device, dtype=work.dtype, non_blocking=True), list(work.shape),
+                             align_corners=False)
         out = F.grid_sample(work, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    out = out.float() * (1.0 + gain.to(out.device, torch.float32).view(b, 2, 1, 1, 1))
-    out = out + shift.to(out.device, torch.float32).view(b, 2, 1, 1, 1)
+    out = out.float() * (1.0 + gain.to(out.device, torch.float32, non_blocking=True).view(b, 2, 1, 1, 1))
+    out = out + shift.to(out.device, torch.float32, non_blocking=True).view(b, 2, 1, 1, 1)
     return out.clamp_(0.0, 1.0).to(x.dtype)

@@ -16,6 +16,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 THRESHOLD_POLICIES = ("fixed", "youden")
 SELECTIONS = ("inner", "val", "last")
 LR_SCHEDULES = ("constant", "cosine")
+COMPILE_MODES = ("auto", "on", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +74,15 @@ class TrainConfig(Config):
 
     ``lr_schedule``: ``constant`` (the paper) or ``cosine`` (decay to ``lr * min_lr_ratio``
     by the last epoch); ``warmup_epochs`` of linear warm-up precede either
-    (:mod:`distmsfa.training.schedule`)."""
+    (:mod:`distmsfa.training.schedule`).
+
+    ``compile``: ``torch.compile`` of the model for training and evaluation; ``auto`` = on
+    on CUDA, off on CPU (compiling a small CPU model costs more than it saves).  With
+    compile on, shapes are kept fixed so nothing recompiles after the first epoch: a short
+    last *training* batch is dropped (padding would enter BatchNorm's batch statistics and
+    the gradient; the epoch order is reshuffled, so every case still trains), and a short
+    *evaluation* batch is padded with copies of its last case whose outputs are discarded
+    (eval-mode BatchNorm treats cases independently).  See docs/training.md "GPU speed"."""
 
     model: str = "msfanet"
     model_cfg: dict[str, Any] = field(default_factory=dict)
@@ -95,6 +104,7 @@ class TrainConfig(Config):
     selection: str = "inner"
     inner_fraction: float = 0.2
     inner_seed: int = 0
+    compile: str = "auto"
 
     def __post_init__(self) -> None:
         n = type(self).__name__
@@ -119,6 +129,10 @@ class TrainConfig(Config):
         require(0.05 <= self.inner_fraction <= 0.5, n,
                 f"inner_fraction={self.inner_fraction} must be in [0.05, 0.5] (share of the training patients held out)")
         require(isinstance(self.augment, AugmentConfig), n, "augment must be a mapping of AugmentConfig keys")
+        if isinstance(self.compile, bool):  # YAML 1.1 reads a bare on/off as a boolean
+            object.__setattr__(self, "compile", "on" if self.compile else "off")
+        require(self.compile in COMPILE_MODES, n,
+                f"compile={self.compile!r}; use one of {COMPILE_MODES} (auto = on for CUDA, off on CPU)")
 
 
 @dataclasses.dataclass(frozen=True)

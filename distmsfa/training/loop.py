@@ -23,6 +23,8 @@ from distmsfa.training.batches import Batch, BatchSource
 from distmsfa.training.config import TrainConfig
 from distmsfa.training.distributed import DistContext, gather_predictions, reduce_train_metrics
 from distmsfa.training.schedule import make_scheduler
+from distmsfa.training.speed import (CompileTracker, DevicePrefetcher, EpochSums, fixed_size, make_optimizer, pad_to,
+                                     sum_logs, use_compile)
 
 BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
@@ -110,10 +112,6 @@ def to_device(batch: Batch, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y.to(rt.device, non_blocking=True)
 
 
-def _logs_to_float(logs: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in (logs or {}).items()}
-
-
 def _forward(model, x: torch.Tensor, rt: Runtime) -> dict[str, torch.Tensor]:
     """Model heads as float32 logits: the layout and autocast of ``rt`` applied to ``x``."""
     if rt.channels_last:
@@ -123,38 +121,52 @@ def _forward(model, x: torch.Tensor, rt: Runtime) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in out.items()}
 
 
-def train_epoch(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, epoch: int, rt: Runtime,
-                net: Optional[torch.nn.Module] = None, dist: Optional[DistContext] = None) -> dict[str, float]:
-    """One epoch over ``batches``; ``net``: the module the steps run through (DDP around
-    ``model`` on several ranks; default ``model``).  The returned metrics are this rank's."""
-    net = model if net is None else net
+def train_steps(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, epoch: int, rt: Runtime, *,
+                compiled: Optional[torch.nn.Module] = None, tracker: Optional[CompileTracker] = None,
+                net: Optional[torch.nn.Module] = None, dist: Optional[DistContext] = None) -> EpochSums:
+    """The steps of one training epoch, without a single host sync: the loss and log sums
+    stay on the device (read them with ``.read()``), and so does the non-finite-loss
+    check (the epoch fails when read, naming the first bad step).  ``compiled``: the
+    ``torch.compile``-d ``model`` to run the forward with; a short last batch is then
+    dropped (fixed shapes, see ``TrainConfig.compile``).  ``net``: the module the steps run
+    through when not compiled (DDP around ``model`` on several ranks; default ``model``);
+    ``dist``: this rank's place in the fold's DDP group (distinct augmentation draws)."""
     model.train()
-    total, n, wait, logs_sum = 0.0, 0, 0.0, {}
-    t_end = time.perf_counter()
-    for step, batch in enumerate(batches):
-        wait += time.perf_counter() - t_end
-        x, y = to_device(batch, rt)
+    net = compiled if compiled is not None else (model if net is None else net)
+    tracker = tracker or CompileTracker(False)
+    if compiled is not None:
+        batches = fixed_size(batches, cfg.batch_size)
+    feed = DevicePrefetcher(batches, rt.device)
+    n = 0
+    dev_sums: dict[str, torch.Tensor] = {}
+    host_sums: dict[str, float] = {}
+    bad = torch.full((2,), -1.0, dtype=torch.float64, device=rt.device)
+    for step, (_, x, y) in enumerate(feed):
+        tracker.begin()
         x = augment_batch(x, cfg.augment, cfg.seed, epoch, _aug_step(step, dist))
         out = _forward(net, x, rt)
         loss, logs = model.loss(out, y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"epoch {epoch} step {step}: loss is {float(loss)}; lower lr or enable grad_clip")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
+        tracker.end(rt.device)
         b = int(y.shape[0])
-        total += float(loss.detach()) * b
+        lv = loss.detach()
+        first_bad = (bad[0] < 0) & ~torch.isfinite(lv)
+        bad = torch.where(first_bad, torch.stack([torch.full_like(lv, step).double(), lv.double()]), bad)
+        sum_logs({"__loss": lv, **logs}, b, dev_sums, host_sums)
         n += b
-        for k, v in _logs_to_float(logs).items():
-            logs_sum[k] = logs_sum.get(k, 0.0) + v * b
-        t_end = time.perf_counter()
-    if n == 0:
-        raise ValueError("the training set yielded no batch; check the fold's case count and batch_size")
-    out = {"train_loss": total / n, "train_samples": float(n), "data_wait_s": wait}
-    out.update({f"train_{k}": v / n for k, v in logs_sum.items()})  # e.g. train_w_fuse: hybrid-loss weights
-    return out
+    return EpochSums(epoch, cfg.batch_size, compiled is not None, n, dev_sums, host_sums, bad, feed.wait_s)
+
+
+def train_epoch(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, epoch: int, rt: Runtime, *,
+                compiled: Optional[torch.nn.Module] = None, tracker: Optional[CompileTracker] = None,
+                net: Optional[torch.nn.Module] = None, dist: Optional[DistContext] = None) -> dict[str, float]:
+    """One training epoch's metrics (this rank's): :func:`train_steps`, then one device->host transfer."""
+    return train_steps(model, optimizer, batches, cfg, epoch, rt, compiled=compiled, tracker=tracker, net=net,
+                       dist=dist).read()
 
 
 def _aug_step(step: int, dist: Optional[DistContext]) -> int:
@@ -164,35 +176,51 @@ def _aug_step(step: int, dist: Optional[DistContext]) -> int:
 
 @torch.no_grad()
 def evaluate(model, batches: Iterable[Batch], rt: Runtime, what: str = "validation",
-             allow_empty: bool = False, dist: Optional[DistContext] = None) -> Optional[EvalOutput]:
-    """Score ``batches`` with ``model`` (the plain module, never the DDP wrapper: ranks may
-    hold different numbers of batches).  With ``dist``, ``batches`` are this rank's share
-    and every rank's predictions are gathered (case_id order) before anything is computed."""
+             allow_empty: bool = False, *, compiled: Optional[torch.nn.Module] = None,
+             pad_to_size: Optional[int] = None, tracker: Optional[CompileTracker] = None,
+             dist: Optional[DistContext] = None) -> Optional[EvalOutput]:
+    """Predictions and mean loss over ``batches``; the device results come to the host in one
+    transfer at the end.  ``pad_to_size``: short batches are padded to it (copies of their
+    last case, outputs discarded) so a ``compiled`` model sees one shape.  Scored with
+    ``model`` (or its compiled form), never the DDP wrapper: ranks may hold different numbers
+    of batches.  With ``dist``, ``batches`` are this rank's share and every rank's
+    predictions are gathered (case_id order) before anything is computed."""
     model.eval()
+    net = compiled if compiled is not None else model
+    tracker = tracker or CompileTracker(False)
     ids: list[str] = []
-    labels, probs, heads, total = [], [], {}, 0.0
-    for batch in batches:
-        x, y = to_device(batch, rt)
-        out = _forward(model, x, rt)
+    labels, probs, heads = [], [], {}
+    total = torch.zeros((), dtype=torch.float64, device=rt.device)
+    for batch, x, y in DevicePrefetcher(batches, rt.device):
+        n = int(x.shape[0])
+        if pad_to_size is not None:
+            x, _, n = pad_to(x, y, pad_to_size)
+        tracker.begin()
+        out = _forward(net, x, rt)
+        tracker.end(rt.device)
+        out = {k: v[:n] for k, v in out.items()}
         loss, _ = model.loss(out, y)
-        total += float(loss) * int(y.shape[0])
+        total = total + loss.detach().double() * n
         ids.extend(str(c) for c in batch["case_id"])
-        labels.append(y.cpu().numpy())
-        probs.append(model.predict_proba(out).float().cpu().numpy())
+        labels.append(y.float())
+        probs.append(model.predict_proba(out).float())
         for k, v in out.items():
-            heads.setdefault(k, []).append(torch.sigmoid(v).cpu().numpy())
+            heads.setdefault(k, []).append(torch.sigmoid(v).float())
+    m = len(ids)
+    if m:
+        parts = [torch.cat(labels), torch.cat(probs)] + [torch.cat(v) for v in heads.values()]
+        flat = torch.cat([p.double() for p in parts] + [total.view(1)]).cpu().numpy()  # the one transfer
+        cols = [flat[i * m:(i + 1) * m].astype(np.float32) for i in range(len(parts))]
+        lab, prob, hd, loss_sum = cols[0], cols[1], dict(zip(heads, cols[2:])), float(flat[-1])
+    else:
+        lab, prob, hd, loss_sum = np.zeros(0, np.float32), np.zeros(0, np.float32), {}, 0.0
     if dist is not None:
-        ids, lab, prob, hd, total = gather_predictions(
-            dist.all_gather, ids, np.concatenate(labels) if labels else np.zeros(0, np.float32),
-            np.concatenate(probs) if probs else np.zeros(0, np.float32),
-            {k: np.concatenate(v) for k, v in heads.items()}, total)
-        labels, probs, heads = [lab], [prob], {k: [v] for k, v in hd.items()}
+        ids, lab, prob, hd, loss_sum = gather_predictions(dist.all_gather, ids, lab, prob, hd, loss_sum)
     if not ids:
         if allow_empty:
             return None
         raise ValueError(f"the {what} set yielded no batch")
-    lab = np.concatenate(labels)
-    return EvalOutput(ids, lab, np.concatenate(probs), {k: np.concatenate(v) for k, v in heads.items()}, total / len(lab))
+    return EvalOutput(ids, lab, prob, hd, loss_sum / len(ids))
 
 
 def _better(auc: float, loss: float, best_auc: float, best_loss: float) -> bool:
@@ -225,6 +253,12 @@ def _torch_settings(cfg: TrainConfig, rt: Runtime):
         torch.use_deterministic_algorithms(prev_det, warn_only=True)
         torch.set_num_threads(prev_threads)
         torch.backends.cudnn.benchmark = prev_bench
+
+
+def plain_state_dict(sd: dict[str, Any]) -> dict[str, Any]:
+    """``sd`` without torch.compile's ``_orig_mod.`` key prefix (a state dict taken from a
+    compiled module loads into the plain one)."""
+    return {k.replace("_orig_mod.", ""): v for k, v in sd.items()}
 
 
 def load_state(path: str) -> dict[str, Any]:
@@ -276,7 +310,7 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
     with _torch_settings(cfg, rt):
         seed_everything(cfg.seed)
         model = build_model(cfg, rt)
-        optimizer = torch.optim.Adam(model.param_groups(cfg.weight_decay), lr=cfg.lr)
+        optimizer, opt_impl = make_optimizer(model.param_groups(cfg.weight_decay), cfg.lr, rt.device)
         scheduler = make_scheduler(optimizer, cfg)
         net = model if dist is None else dist.wrap(model, rt.device)
         history: list[dict[str, float]] = []
@@ -286,7 +320,7 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
         sel_weights: dict[str, Any] | None = None
         start, resumed_from = 0, -1
         if resume is not None:
-            model.load_state_dict(resume["model"])
+            model.load_state_dict(plain_state_dict(resume["model"]))
             optimizer.load_state_dict(resume["optimizer"])
             if "scheduler" in resume:
                 scheduler.load_state_dict(resume["scheduler"])
@@ -306,30 +340,47 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
                 sel_weights = load_state(os.path.join(out_dir, BEST_FILE))["model"]
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
+        # The compiled module shares ``model``'s parameters; checkpoints are always taken
+        # from ``model`` itself, so their keys carry no ``_orig_mod.`` prefix.
+        compile_on = use_compile(cfg.compile, rt.device)
+        compiled = torch.compile(model, dynamic=False) if compile_on else None
+        tracker = CompileTracker(compile_on)
+        fast = {"compiled": compiled, "tracker": tracker}  # evaluation: the plain module, compiled
+        # Training steps run through DDP on several ranks: compile the wrapper there (torch's
+        # DDP-aware compile), the module itself otherwise.
+        compiled_train = compiled if dist is None or not compile_on else torch.compile(net, dynamic=False)
+        fast_train = {"compiled": compiled_train, "tracker": tracker}
+        pad = cfg.batch_size if compile_on else None
         for epoch in range(start, cfg.epochs):
+            graphs0, compile0 = tracker.snapshot()
             t0 = time.perf_counter()
             torch.manual_seed(cfg.seed * 1_000_003 + epoch + _rank_offset(dist))  # dropout etc.: same on resume
-            tr = train_epoch(model, optimizer, source.train_batches(epoch), cfg, epoch, rt, net=net, dist=dist)
+            tr = train_epoch(model, optimizer, source.train_batches(epoch), cfg, epoch, rt, net=net, dist=dist,
+                             **fast_train)
             if dist is not None:
                 tr = reduce_train_metrics(dist.all_gather(tr))
                 dist.sync_state(model)  # every rank scores with rank 0's BatchNorm statistics
             t_train = time.perf_counter() - t0
             lr_used = float(optimizer.param_groups[0]["lr"])
             scheduler.step()  # the next epoch's lr; stepped before the checkpoint below
-            ev = evaluate(model, source.val_batches(), rt, dist=dist)
+            ev = evaluate(model, source.val_batches(), rt, pad_to_size=pad, dist=dist, **fast)
             m = binary_metrics(ev.labels, ev.prob, cfg.threshold_value)
             metrics = {"fold": float(fold), "epoch": float(epoch), **{f"val_{k}": v for k, v in m.items()},
                        "val_loss": ev.loss}
             if use_inner:
-                iv = evaluate(model, source.inner_batches(), rt,
-                              what="inner selection (build the source from batches.fold_rows(..., selection='inner'))",
-                              dist=dist)
+                iv = evaluate(model, source.inner_batches(), rt, pad_to_size=pad, dist=dist, **fast,
+                              what="inner selection (build the source from batches.fold_rows(..., selection='inner'))")
                 im = binary_metrics(iv.labels, iv.prob, cfg.threshold_value)
                 metrics.update({f"inner_{k}": v for k, v in im.items()}, inner_loss=iv.loss)
             metrics.update({**tr, "lr": lr_used,
                             "epoch_time_s": time.perf_counter() - t0,
+                            "epoch_end_unix": time.time(),  # wall clock: lines up folds run at once
                             "train_samples_per_s": tr["train_samples"] / max(t_train, 1e-9),
-                            "resumed_from_epoch": float(resumed_from)})
+                            "resumed_from_epoch": float(resumed_from),
+                            # per epoch: graphs built and the wall time of the steps that built
+                            # them; after the first epoch both stay 0 (no recompiles)
+                            "compile_graphs": float(tracker.graphs - graphs0),
+                            "compile_s": tracker.compile_s - compile0})
             history.append(metrics)
             records = {"records": _frame_records(ev, fold), "loss": ev.loss}
             preds["last"] = records
@@ -367,18 +418,23 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
             estimates[key] = {"epoch": epochs[key], "metrics": mm, "predictions": df}
         external = None
         if sel_weights is not None:
-            model.load_state_dict(sel_weights)
+            model.load_state_dict(plain_state_dict(sel_weights))
         if dist is not None:  # a resumed rank > 0 may not hold the selected weights: rank 0's count
             dist.sync_state(model, buffers_only=False)
         key = SELECTED_ESTIMATE[cfg.selection]
         if key not in estimates:  # resumed from a checkpoint written before the estimates were kept
-            ev = evaluate(model, source.val_batches(), rt, dist=dist)
+            ev = evaluate(model, source.val_batches(), rt, pad_to_size=pad, dist=dist, **fast)
             estimates[key] = {"epoch": epochs[key], "predictions": ev.frame(fold),
                               "metrics": {**binary_metrics(ev.labels, ev.prob, cfg.threshold_value), "loss": ev.loss}}
         chosen = estimates[key]
         ext_batches = _optional_batches(source, "external_batches")
         if ext_batches is not None:
-            xe = evaluate(model, ext_batches, rt, what="external", allow_empty=True, dist=dist)
+            xe = evaluate(model, ext_batches, rt, what="external", allow_empty=True, pad_to_size=pad, dist=dist, **fast)
             external = None if xe is None else xe.frame(fold)
+        speed = {"compile": compile_on, "optimizer": opt_impl, "device": str(rt.device),
+                 # this run's epochs and final scoring (a resumed fold: since the resume)
+                 "compile_s": tracker.compile_s, "compile_graphs": tracker.graphs,
+                 "compile_s_all_epochs": float(sum(h.get("compile_s", 0.0) or 0.0 for h in history))}
         return FoldResult(fold, history, int(chosen["epoch"]), dict(chosen["metrics"]), chosen["predictions"],
-                          resumed_from, estimates=estimates, external=external, selection=cfg.selection)
+                          resumed_from, estimates=estimates, external=external, selection=cfg.selection,
+                          extra={"speed": speed})

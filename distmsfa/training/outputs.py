@@ -90,6 +90,8 @@ def write_fold_outputs(fold_dir: str, result: FoldResult) -> None:
         "estimates": {k: {"epoch": v["epoch"], "metrics": v["metrics"]} for k, v in result.estimates.items()},
         "epochs_run": len(result.history), "resumed_from_epoch": result.resumed_from_epoch,
         "resumed_epochs": sorted({int(h["resumed_from_epoch"]) for h in result.history if h["resumed_from_epoch"] >= 0}),
+        # compile on/off, optimizer implementation, compile time (docs/training.md "GPU speed")
+        "speed": result.extra.get("speed"),
     })
 
 

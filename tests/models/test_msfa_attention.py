@@ -146,3 +146,50 @@ def test_kv_pool_keeps_output_shape_and_reduces_keys():
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
         out = m(z1, z2)
     assert out.shape == z1.shape
+
+
+def _compiled_sdpa_ops(m, z1, z2) -> tuple[torch.Tensor, list[set[str]]]:
+    """Compile ``m`` with inductor, run forward + backward, and list the SDPA kernels each
+    generated graph (forward, backward) calls."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    cm = torch.compile(m, dynamic=False)
+
+    def step():
+        out = cm(z1, z2)
+        out.float().sum().backward()
+        return out
+
+    out, codes = run_and_get_code(step)
+    return out, [set(re.findall(r"aten\.(_scaled_dot_product_\w+?|_efficient_attention\w*|_flash_attention\w*)\b", c))
+                 for c in codes]
+
+
+@pytest.mark.slow
+def test_compiled_msfa_keeps_the_fused_cpu_kernel_forward_and_backward():
+    # Inductor may lower SDPA to plain matmul + softmax (the O(N^2) math path) when the
+    # inputs do not qualify; the generated code must call the fused flash kernel instead.
+    torch._dynamo.reset()
+    m = MSFA(16, attn_dim=64, heads=2, alpha_init=1.0)
+    z1, z2 = _feats(requires_grad=True)
+    out, ops = _compiled_sdpa_ops(m, z1, z2)
+    assert len(ops) == 2, ops  # a forward and a backward graph
+    assert "_scaled_dot_product_flash_attention_for_cpu" in ops[0], ops
+    assert "_scaled_dot_product_flash_attention_for_cpu_backward" in ops[1], ops
+    torch.testing.assert_close(out, m(*_feats()), rtol=1e-4, atol=1e-5)  # and computes the same
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_compiled_msfa_keeps_a_fused_kernel():
+    torch._dynamo.reset()
+    m = MSFA(64, attn_dim=64, heads=2, alpha_init=1.0).cuda()
+    z1, z2 = (t.cuda().requires_grad_() for t in _feats(c=64, d=12, h=28, w=40))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        _, ops = _compiled_sdpa_ops(m, z1, z2)
+    fused = {"_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+             "_scaled_dot_product_cudnn_attention"}
+    assert fused & ops[0], ops
+    assert {f + "_backward" for f in fused} & ops[1], ops
