@@ -8,7 +8,7 @@ from distmsfa.training.config import TrainConfig
 from distmsfa.training.loop import fit_fold, load_state
 from distmsfa.training.schedule import lr_factor
 
-from test_training_loop import TINY, _fold0
+from tests.training.test_training_loop import TINY, _fold0
 
 
 def test_constant_is_the_default_and_flat():
