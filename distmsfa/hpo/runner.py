@@ -147,7 +147,11 @@ def init_ray(address: Optional[str], study: Study, n_folds: int, verbose: bool) 
         ray.init(address=address, **kw)
         return True
     foot = trial_footprint(n_folds, study.base["cv"], study.settings.trial_cpus, False)["CPU"]
-    cpus = max(os.cpu_count() or 1, math.ceil(foot * min(2, study.settings.num_samples)))
+    # One logical CPU more than two trials hold: a fold's Ray Data tasks (loading the
+    # training, validation and external cases) run outside its placement group, and with
+    # every CPU reserved by trials they would wait forever (seen: a study hung when a third
+    # trial started while the first scored its external cases).
+    cpus = max(os.cpu_count() or 1, math.ceil(foot * min(2, study.settings.num_samples)) + 1)
     try:
         ray.init(num_cpus=cpus, include_dashboard=False, **kw)
     except ValueError:  # a local cluster started with `ray start` is running: join it as it is
