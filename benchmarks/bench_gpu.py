@@ -309,7 +309,11 @@ def section_ensemble(a, s: dict) -> dict:
     spec = importlib.util.spec_from_file_location("bench_ensemble", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    res = mod.run(out_json=None, batch_sizes=tuple(s["ensemble_batches"]), device=a.device)
+    # The ensemble's size follows the run's: the paper's network for a full run, the tiny
+    # one for --smoke / --size tiny|reduced (a paper-size ensemble on a CPU takes seconds per case).
+    size = "paper" if s["preset"] == "default" else "tiny"
+    quick = {"iters": 1, "min_seconds": 0.0, "compare_vmap": False} if s["preset"] != "default" and a.device == "cpu" else {}
+    res = mod.run(out_json=None, batch_sizes=tuple(s["ensemble_batches"]), device=a.device, size=size, **quick)
     return {"run": True, "batch_sizes": list(s["ensemble_batches"]), "result": res}
 
 
