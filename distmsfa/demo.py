@@ -62,7 +62,12 @@ def run_demo(
         pre = PreprocessConfig(target_spacing_mm=DEMO_SPACING_MM, crop_size=DEMO_CROP, roi_mask_mm=DEMO_ROI_MASK_MM, seed=seed, n_folds=folds)
         # force: the demo's dataset is exactly its generated cohort (a smaller --n drops the extra cases)
         build_dataset(manifest, data, pre, address=address, external_sites=("NHH",), force=True)
-        overrides = {"epochs": epochs} if epochs else {}
+        overrides: dict = {}
+        if epochs:  # a shorter run keeps the profile's warm-up only where it fits (a quick check: --epochs 1)
+            from distmsfa.training.profiles import get_profile
+
+            warmup = int(get_profile(profile)["train"].get("warmup_epochs", 0) or 0)
+            overrides = {"epochs": epochs, **({"warmup_epochs": epochs - 1} if warmup >= epochs else {})}
         # A fresh run folder per invocation: re-running the demo never collides with an old run
         # (cohort and dataset are reused: preprocessing skips unchanged cases); --resume
         # continues the newest unfinished one.
