@@ -218,7 +218,8 @@ def localise_site(cohort: Path, loc_dir: Path, ids: list[str]) -> tuple[list[dic
     specs = [c for c in load_manifest(cohort / "manifest.csv").cases if c.case_id in set(ids)]
     cases, failures = load_cases(specs, loc.cfg)
     rows = evaluate(loc, cases)
-    return rows, {**summarise(rows), "unreadable": failures}
+    over = {k: int(sum(r[k] is not None and r[k] > 5.0 for r in rows)) for k in ("err_left_mm", "err_right_mm", "err_roi_mm")}
+    return rows, {**summarise(rows), "n_cases_over_5mm": over, "unreadable": failures}
 
 
 def preprocess_predicted(cohort: Path, out: Path, loc_dir: Path, ids: list[str]) -> Path:
