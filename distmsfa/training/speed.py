@@ -289,14 +289,17 @@ class CompiledModel:
     half-run backward leaves the reducer mid-iteration): the step raises :class:`CompileError`.
 
     ``train_net``: the module the training steps run through (the DDP wrapper), compiled
-    separately; default: ``model``.  ``backend``: torch.compile's (tests use ``aot_eager``)."""
+    separately; default: ``model``.  ``backend``: torch.compile's (tests use ``aot_eager``).
+    ``compiled``: an already compiled module or function to use instead (``model`` may then
+    be None: inference, where nothing is restored); ``hint``: how the user turns compile off."""
 
-    def __init__(self, model: torch.nn.Module, mode: str = "auto", *, train_net: Optional[torch.nn.Module] = None,
-                 backend: Optional[str] = None, dist: bool = False, compiled: Optional[torch.nn.Module] = None) -> None:
+    def __init__(self, model: Optional[torch.nn.Module], mode: str = "auto", *,
+                 train_net: Optional[torch.nn.Module] = None, backend: Optional[str] = None, dist: bool = False,
+                 compiled: Any = None, hint: str = FIX_HINT) -> None:
         if mode not in ("auto", "on"):
             raise ValueError(f"CompiledModel mode {mode!r}: use 'auto' (fall back to eager) or 'on' (raise)")
         kw: dict[str, Any] = {"dynamic": False, **({"backend": backend} if backend else {})}
-        self.model, self.mode, self.dist = model, mode, dist
+        self.model, self.mode, self.dist, self.hint = model, mode, dist, hint
         self.eval_net = compiled if compiled is not None else torch.compile(model, **kw)
         self.train_net = self.eval_net if train_net is None or train_net is model else torch.compile(train_net, **kw)
         self.fallback: Optional[str] = None  # why the run went eager (None: still compiled)
@@ -312,7 +315,7 @@ class CompiledModel:
         return self.fallback is None
 
     def _saved(self, kind: str) -> Optional[dict[str, Any]]:
-        if kind in self._proven:
+        if kind != "train" or kind in self._proven or self.model is None:  # eval mode changes no state
             return None
         dev = next((b.device for b in self.model.buffers()), None)
         cuda = dev is not None and dev.type == "cuda"
@@ -337,7 +340,7 @@ class CompiledModel:
 
     def step(self, kind: str, fn, eager_net: torch.nn.Module,
              optimizer: Optional[torch.optim.Optimizer] = None) -> Any:
-        """``fn(net)`` with the compiled ``kind`` ("train" / "eval") net; on a failure, as
+        """``fn(net)`` with the compiled ``kind`` ("train", else the eval net) net; on a failure, as
         the class says: ``fn(eager_net)`` after restoring, then fall back or raise."""
         if not self.active:
             return fn(eager_net)
@@ -346,14 +349,14 @@ class CompiledModel:
             out = fn(self.train_net if kind == "train" else self.eval_net)
         except Exception as exc:  # noqa: BLE001 - classified below by running the step eagerly
             if self.dist:
-                raise CompileError(self._message(exc, kind, f"{FIX_HINT} for DDP folds")) from exc
+                raise CompileError(self._message(exc, kind, f"{self.hint} for DDP folds")) from exc
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)  # a half-run backward may have left grads
             self._restore(saved)
             out = fn(eager_net)  # a genuine error of the step raises here, unchanged
             if self.mode == "on":
-                raise CompileError(self._message(exc, kind, f"{FIX_HINT}, or compile: auto to fall back to eager")) from exc
-            self.fallback = self._message(exc, kind, f"the rest of this run is eager ({FIX_HINT} to skip compiling)")
+                raise CompileError(self._message(exc, kind, f"{self.hint}, or compile: auto to fall back to eager")) from exc
+            self.fallback = self._message(exc, kind, f"the rest of this run is eager ({self.hint} to skip compiling)")
             log.warning(self.fallback)
             return out
         self._proven.add(kind)

@@ -220,3 +220,25 @@ def test_gpu_auto_trains_the_tiny_preset_that_hit_171622(caplog):
     if guard.fallback is not None:
         assert _one_warning(caplog) == guard.fallback
     print("compile fallback:", guard.fallback)  # -s shows whether #171622 still fires
+
+
+@pytest.mark.parametrize("mode", ["auto", "on"])
+def test_the_bundle_inference_path_shares_the_fallback(mode, caplog):
+    from distmsfa.bundle.predictor import make_fold_fn, run_models
+
+    torch.manual_seed(0)
+    models = [_Small("trace").eval() for _ in range(2)]  # two "folds" that dynamo cannot trace
+    x = torch.rand(2, 2, 4, 8, 8)
+    want = run_models(models, x, CPU)  # eager
+    torch._dynamo.reset()
+    fold_fn = make_fold_fn(True, mode)
+    if mode == "on":
+        with pytest.raises(CompileError, match=r"compile='off' \(distmsfa evaluate --compile off\)"):
+            run_models(models, x, CPU, fold_fn=fold_fn, pad_to=3)
+        return
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        got = run_models(models, x, CPU, fold_fn=fold_fn, pad_to=3)
+        again = run_models(models, x, CPU, fold_fn=fold_fn, pad_to=3)  # eager now, no second warning
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    np.testing.assert_array_equal(again[0], got[0])
+    assert "inference step" in _one_warning(caplog) and fold_fn.guard.fallback is not None
