@@ -18,7 +18,7 @@ fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$RESULTS"
 "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" || exit 2
-timeout "${CHECK_TIMEOUT_S:-240}" "$PY" -m pytest -p no:cacheprovider -q -s -m gpu --tb=short --show-capture=no -rfEs \
+timeout "${CHECK_TIMEOUT_S:-150}" "$PY" -m pytest -p no:cacheprovider -q -s -m gpu --tb=short --show-capture=no -rfEs \
   tests/training/test_compile_fallback.py \
   "tests/training/test_speed.py::test_gpu_training_epoch_never_syncs_the_host" \
   2>&1 | tee "$RESULTS/check_compile_fallback.txt" | tail -40
