@@ -129,9 +129,10 @@ def train_steps(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, ep
     check (the epoch fails when read, naming the first bad step).  ``compiled``: the
     :class:`CompiledModel` to run the steps with (a bare ``torch.compile``-d ``model`` is
     taken as ``mode='on'``); a short last batch is then dropped (fixed shapes, see
-    ``TrainConfig.compile``); a failing compiled step falls back to eager or raises.  ``net``: the module the steps run
-    through when not compiled (DDP around ``model`` on several ranks; default ``model``);
-    ``dist``: this rank's place in the fold's DDP group (distinct augmentation draws)."""
+    ``TrainConfig.compile``); a failing compiled step falls back to eager or raises.
+    ``net``: the module the steps run through when not compiled (DDP around ``model`` on
+    several ranks; default ``model``); ``dist``: this rank's place in the fold's DDP group
+    (distinct augmentation draws)."""
     model.train()
     eager = model if net is None else net
     guard = None if compiled is None else CompiledModel.of(compiled, model)

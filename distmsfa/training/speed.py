@@ -333,10 +333,11 @@ class CompiledModel:
         if saved["cuda_rng"] is not None:
             torch.cuda.set_rng_state(saved["cuda_rng"], saved["dev"])
 
-    def _message(self, exc: BaseException, kind: str, then: str) -> str:
-        return (f"torch.compile failed in the first compiled {kind} step ({_first_line(exc)}); the same step "
-                f"runs eagerly, so this is a compiler fault (e.g. {UPSTREAM_ISSUE} on convolutions over 1x1x1 "
-                f"feature maps); {then}")
+    def _message(self, exc: BaseException, kind: str, then: str, retried: bool = True) -> str:
+        why = ("the same step runs eagerly, so this is a compiler fault" if retried
+               else "not retried eagerly under DDP; likely a compiler fault")
+        return (f"torch.compile failed in a compiled {kind} step ({_first_line(exc)}); {why} (e.g. {UPSTREAM_ISSUE} "
+                f"on convolutions over 1x1x1 feature maps); {then}")
 
     def step(self, kind: str, fn, eager_net: torch.nn.Module,
              optimizer: Optional[torch.optim.Optimizer] = None) -> Any:
@@ -349,7 +350,7 @@ class CompiledModel:
             out = fn(self.train_net if kind == "train" else self.eval_net)
         except Exception as exc:  # noqa: BLE001 - classified below by running the step eagerly
             if self.dist:
-                raise CompileError(self._message(exc, kind, f"{self.hint} for DDP folds")) from exc
+                raise CompileError(self._message(exc, kind, f"{self.hint} for DDP folds", retried=False)) from exc
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)  # a half-run backward may have left grads
             self._restore(saved)
