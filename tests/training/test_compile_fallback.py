@@ -242,3 +242,22 @@ def test_the_bundle_inference_path_shares_the_fallback(mode, caplog):
     np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
     np.testing.assert_array_equal(again[0], got[0])
     assert "inference step" in _one_warning(caplog) and fold_fn.guard.fallback is not None
+
+
+@pytest.mark.slow
+def test_cli_cv_compile_on_is_one_error_line(tiny_dataset, tmp_path, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from distmsfa.cli.cv import cv
+
+    monkeypatch.setitem(registry._REGISTRY, "compile_breaker", lambda **kw: _Small("trace"))
+    app = typer.Typer()
+    app.command("cv")(cv)
+    app.command("noop")(lambda: None)
+    torch._dynamo.reset()
+    r = CliRunner().invoke(app, ["cv", "--data", str(tiny_dataset), "--model", "compile_breaker", "--plain",
+                                 "--profile", "cpu", "--folds", "0", "--compile", "on", "--out", str(tmp_path / "run")])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.output
+    assert "torch.compile failed" in lines[0] and "--compile off" in lines[0]
