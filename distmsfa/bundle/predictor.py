@@ -74,14 +74,27 @@ def _fold_outputs(model: torch.nn.Module, x: torch.Tensor, amp_dtype: Optional[t
     return model.predict_proba(out), {h: torch.sigmoid(v) for h, v in out.items()}
 
 
-def make_fold_fn(compile: bool):  # noqa: A002 - the option's name
+def make_fold_fn(compile: bool, mode: str = "on"):  # noqa: A002 - the option's name
     """The per-fold function, compiled (static shapes: ``dynamic=False``) or eager.
 
     One compiled function serves every fold: the fold models are instances of one class and
-    their parameters are graph inputs, so folds 2..F reuse fold 1's graph (no recompile)."""
+    their parameters are graph inputs, so folds 2..F reuse fold 1's graph (no recompile).
+    A compiled call that fails where the eager one runs (a compiler bug): ``mode`` auto = the
+    eager function from then on, with one warning line; ``on`` = a one-line ``CompileError``
+    (``training.speed.CompiledModel``, the training loop's helper; ``fold_fn.guard.fallback``
+    holds the reason)."""
     if not compile:
         return _fold_outputs
-    return torch.compile(_fold_outputs, dynamic=False)
+    from distmsfa.training.speed import CompiledModel
+
+    guard = CompiledModel(None, mode, compiled=torch.compile(_fold_outputs, dynamic=False),
+                          hint="load the bundle with compile='off' (distmsfa evaluate --compile off)")
+
+    def fold_fn(model, x, amp_dtype, channels_last):
+        return guard.step("inference", lambda f: f(model, x, amp_dtype, channels_last), _fold_outputs)
+
+    fold_fn.guard = guard  # type: ignore[attr-defined]
+    return fold_fn
 
 
 @torch.inference_mode()
@@ -148,7 +161,8 @@ class EnsemblePredictor:
     ``precision`` ("bf16"|"fp32"), ``compiled``, ``batch_size``, ``pad``, ``compile_s``."""
 
     def __init__(self, path: Path, meta: dict[str, Any], models: list[torch.nn.Module], rt, checksum: str, *,
-                 compiled: bool = False, batch_size: int = 8, pad: Optional[bool] = None) -> None:
+                 compiled: bool = False, batch_size: int = 8, pad: Optional[bool] = None,
+                 compile_mode: str = "on") -> None:
         from distmsfa.data.preprocess import PreprocessConfig
 
         if not (isinstance(batch_size, int) and batch_size >= 1):
@@ -159,7 +173,7 @@ class EnsemblePredictor:
         #: Pad a short batch to ``batch_size`` (default: only when compiled).
         self.pad = self.compiled if pad is None else bool(pad)
         self.precision = "fp32" if rt.amp_dtype is None else "bf16"
-        self._fold_fn = make_fold_fn(self.compiled)
+        self._fold_fn = make_fold_fn(self.compiled, compile_mode)  # compile_mode auto: eager if compile fails
         self.compile_s: Optional[float] = None  # seconds of the first (compiling) call, see warmup()
 
         self.path = Path(path)
@@ -183,6 +197,12 @@ class EnsemblePredictor:
         return (f"EnsemblePredictor({self.model_name}, folds={self.folds}, threshold={self.threshold:.4f} "
                 f"({self.threshold_policy}), device={self.device}, {self.precision}"
                 f"{', compiled' if self.compiled else ''}, batch {self.batch_size}, checksum={self.checksum[:12]})")
+
+    @property
+    def compile_fallback(self) -> Optional[str]:
+        """Why ``compile='auto'`` went eager (a compiler failure, logged once); None if it did not."""
+        guard = getattr(self._fold_fn, "guard", None)
+        return None if guard is None else guard.fallback
 
     # ------------------------------------------------------------------ predict
     def _as_batch(self, x: Any) -> torch.Tensor:
@@ -366,7 +386,8 @@ def load_bundle(path: str | os.PathLike[str], device: str | torch.device | None 
         except (RuntimeError, KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{rel}: weights do not fit model {name!r} with {model_cfg} "
                               f"({str(exc).splitlines()[0]})") from None
-    return EnsemblePredictor(root, meta, models, rt, bundle_checksum(root), compiled=compiled, batch_size=batch_size)
+    return EnsemblePredictor(root, meta, models, rt, bundle_checksum(root), compiled=compiled, batch_size=batch_size,
+                             compile_mode="auto" if compile == "auto" else "on")
 
 
 __all__ = ["COMPILE_MODES", "PRECISIONS", "EnsemblePredictor", "build_fold_model", "load_bundle", "make_fold_fn",

@@ -37,6 +37,8 @@ def cv(
     plain: bool = typer.Option(False, "--plain", help="No Ray: run the folds one after another in this process."),
     selection: Optional[str] = typer.Option(None, "--selection", help="Checkpoint rule: inner (default, honest), val "
                                             "(the paper's, optimistic) or last; see docs/evaluation.md."),
+    compile_: Optional[str] = typer.Option(None, "--compile", help="auto (on for CUDA; falls back to eager if torch.compile "
+                                           "fails) | on | off: torch.compile for training and evaluation."),
 ) -> None:
     """Cross-validate a model: labelled estimates, out-of-fold and external predictions, curves (docs/training.md)."""
     fold_list = _parse_folds(folds)
@@ -46,6 +48,7 @@ def cv(
     from distmsfa.config import ConfigError
     from distmsfa.data.index import PairChecksumError
     from distmsfa.training.cv import CVError, _default_run_dir, run_cv
+    from distmsfa.training.speed import CompileError
 
     if model is None:
         from distmsfa.training.profiles import load_config_file
@@ -63,7 +66,8 @@ def cv(
             run_cv(data, model, config, profile=profile, folds=fold_list, out=run_dir, address=address, resume=resume,
                    gpus_per_fold=gpus_per_fold, plain=plain,
                    overrides={**({"selection": selection} if selection else {}),
+                              **({"compile": compile_} if compile_ else {}),
                               **({"workers_per_fold": workers_per_fold} if workers_per_fold else {})} or None)
-    except (ConfigError, CVError, FileNotFoundError, KeyError, PairChecksumError) as exc:
+    except (ConfigError, CVError, CompileError, FileNotFoundError, KeyError, PairChecksumError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         fail(str(msg).splitlines()[0] if msg else type(exc).__name__)

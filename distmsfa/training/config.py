@@ -82,7 +82,10 @@ class TrainConfig(Config):
     last *training* batch is dropped (padding would enter BatchNorm's batch statistics and
     the gradient; the epoch order is reshuffled, so every case still trains), and a short
     *evaluation* batch is padded with copies of its last case whose outputs are discarded
-    (eval-mode BatchNorm treats cases independently).  See docs/training.md "GPU speed"."""
+    (eval-mode BatchNorm treats cases independently).  A compiled step that fails where the
+    eager one runs (a compiler bug such as pytorch/pytorch#171622): ``auto`` goes on eagerly
+    with one warning, ``on`` stops with a one-line error naming ``compile: off``.  See
+    docs/training.md "GPU speed"."""
 
     model: str = "msfanet"
     model_cfg: dict[str, Any] = field(default_factory=dict)

@@ -23,8 +23,8 @@ from distmsfa.training.batches import Batch, BatchSource
 from distmsfa.training.config import TrainConfig
 from distmsfa.training.distributed import DistContext, gather_predictions, reduce_train_metrics
 from distmsfa.training.schedule import make_scheduler
-from distmsfa.training.speed import (CompileTracker, DevicePrefetcher, EpochSums, fixed_size, make_optimizer, pad_to,
-                                     sum_logs, use_compile)
+from distmsfa.training.speed import (CompiledModel, CompileTracker, DevicePrefetcher, EpochSums, fixed_size,
+                                     make_optimizer, pad_to, sum_logs, use_compile)
 
 BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
@@ -122,19 +122,22 @@ def _forward(model, x: torch.Tensor, rt: Runtime) -> dict[str, torch.Tensor]:
 
 
 def train_steps(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, epoch: int, rt: Runtime, *,
-                compiled: Optional[torch.nn.Module] = None, tracker: Optional[CompileTracker] = None,
+                compiled: Optional[CompiledModel | torch.nn.Module] = None, tracker: Optional[CompileTracker] = None,
                 net: Optional[torch.nn.Module] = None, dist: Optional[DistContext] = None) -> EpochSums:
     """The steps of one training epoch, without a single host sync: the loss and log sums
     stay on the device (read them with ``.read()``), and so does the non-finite-loss
     check (the epoch fails when read, naming the first bad step).  ``compiled``: the
-    ``torch.compile``-d ``model`` to run the forward with; a short last batch is then
-    dropped (fixed shapes, see ``TrainConfig.compile``).  ``net``: the module the steps run
-    through when not compiled (DDP around ``model`` on several ranks; default ``model``);
-    ``dist``: this rank's place in the fold's DDP group (distinct augmentation draws)."""
+    :class:`CompiledModel` to run the steps with (a bare ``torch.compile``-d ``model`` is
+    taken as ``mode='on'``); a short last batch is then dropped (fixed shapes, see
+    ``TrainConfig.compile``); a failing compiled step falls back to eager or raises.
+    ``net``: the module the steps run through when not compiled (DDP around ``model`` on
+    several ranks; default ``model``); ``dist``: this rank's place in the fold's DDP group
+    (distinct augmentation draws)."""
     model.train()
-    net = compiled if compiled is not None else (model if net is None else net)
+    eager = model if net is None else net
+    guard = None if compiled is None else CompiledModel.of(compiled, model)
     tracker = tracker or CompileTracker(False)
-    if compiled is not None:
+    if guard is not None:
         batches = fixed_size(batches, cfg.batch_size)
     feed = DevicePrefetcher(batches, rt.device)
     n = 0
@@ -144,10 +147,17 @@ def train_steps(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, ep
     for step, (_, x, y) in enumerate(feed):
         tracker.begin()
         x = augment_batch(x, cfg.augment, cfg.seed, epoch, _aug_step(step, dist))
-        out = _forward(net, x, rt)
-        loss, logs = model.loss(out, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+
+        def forward_backward(n, x=x, y=y):
+            loss, logs = model.loss(_forward(n, x, rt), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            return loss, logs
+
+        if guard is None:
+            loss, logs = forward_backward(eager)
+        else:
+            loss, logs = guard.step("train", forward_backward, eager, optimizer)
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
@@ -158,11 +168,11 @@ def train_steps(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, ep
         bad = torch.where(first_bad, torch.stack([torch.full_like(lv, step).double(), lv.double()]), bad)
         sum_logs({"__loss": lv, **logs}, b, dev_sums, host_sums)
         n += b
-    return EpochSums(epoch, cfg.batch_size, compiled is not None, n, dev_sums, host_sums, bad, feed.wait_s)
+    return EpochSums(epoch, cfg.batch_size, guard is not None, n, dev_sums, host_sums, bad, feed.wait_s)
 
 
 def train_epoch(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, epoch: int, rt: Runtime, *,
-                compiled: Optional[torch.nn.Module] = None, tracker: Optional[CompileTracker] = None,
+                compiled: Optional[CompiledModel | torch.nn.Module] = None, tracker: Optional[CompileTracker] = None,
                 net: Optional[torch.nn.Module] = None, dist: Optional[DistContext] = None) -> dict[str, float]:
     """One training epoch's metrics (this rank's): :func:`train_steps`, then one device->host transfer."""
     return train_steps(model, optimizer, batches, cfg, epoch, rt, compiled=compiled, tracker=tracker, net=net,
@@ -176,7 +186,7 @@ def _aug_step(step: int, dist: Optional[DistContext]) -> int:
 
 @torch.no_grad()
 def evaluate(model, batches: Iterable[Batch], rt: Runtime, what: str = "validation",
-             allow_empty: bool = False, *, compiled: Optional[torch.nn.Module] = None,
+             allow_empty: bool = False, *, compiled: Optional[CompiledModel | torch.nn.Module] = None,
              pad_to_size: Optional[int] = None, tracker: Optional[CompileTracker] = None,
              dist: Optional[DistContext] = None) -> Optional[EvalOutput]:
     """Predictions and mean loss over ``batches``; the device results come to the host in one
@@ -186,7 +196,7 @@ def evaluate(model, batches: Iterable[Batch], rt: Runtime, what: str = "validati
     of batches.  With ``dist``, ``batches`` are this rank's share and every rank's
     predictions are gathered (case_id order) before anything is computed."""
     model.eval()
-    net = compiled if compiled is not None else model
+    guard = None if compiled is None else CompiledModel.of(compiled, model)
     tracker = tracker or CompileTracker(False)
     ids: list[str] = []
     labels, probs, heads = [], [], {}
@@ -196,7 +206,10 @@ def evaluate(model, batches: Iterable[Batch], rt: Runtime, what: str = "validati
         if pad_to_size is not None:
             x, _, n = pad_to(x, y, pad_to_size)
         tracker.begin()
-        out = _forward(net, x, rt)
+        if guard is None:
+            out = _forward(model, x, rt)
+        else:
+            out = guard.step("eval", lambda n, x=x: _forward(n, x, rt), model)
         tracker.end(rt.device)
         out = {k: v[:n] for k, v in out.items()}
         loss, _ = model.loss(out, y)
@@ -341,22 +354,22 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
         # The compiled module shares ``model``'s parameters; checkpoints are always taken
-        # from ``model`` itself, so their keys carry no ``_orig_mod.`` prefix.
+        # from ``model`` itself, so their keys carry no ``_orig_mod.`` prefix.  Training steps
+        # run through DDP on several ranks: the wrapper is compiled there (torch's DDP-aware
+        # compile), the module itself otherwise; evaluation runs the plain module, compiled.
+        # A failing compiled step: eager from then on (auto) or a one-line error (on).
         compile_on = use_compile(cfg.compile, rt.device)
-        compiled = torch.compile(model, dynamic=False) if compile_on else None
+        compiled = (CompiledModel(model, "on" if cfg.compile == "on" else "auto", train_net=net, dist=dist is not None)
+                    if compile_on else None)
         tracker = CompileTracker(compile_on)
-        fast = {"compiled": compiled, "tracker": tracker}  # evaluation: the plain module, compiled
-        # Training steps run through DDP on several ranks: compile the wrapper there (torch's
-        # DDP-aware compile), the module itself otherwise.
-        compiled_train = compiled if dist is None or not compile_on else torch.compile(net, dynamic=False)
-        fast_train = {"compiled": compiled_train, "tracker": tracker}
+        fast = {"compiled": compiled, "tracker": tracker}
         pad = cfg.batch_size if compile_on else None
         for epoch in range(start, cfg.epochs):
             graphs0, compile0 = tracker.snapshot()
             t0 = time.perf_counter()
             torch.manual_seed(cfg.seed * 1_000_003 + epoch + _rank_offset(dist))  # dropout etc.: same on resume
             tr = train_epoch(model, optimizer, source.train_batches(epoch), cfg, epoch, rt, net=net, dist=dist,
-                             **fast_train)
+                             **fast)
             if dist is not None:
                 tr = reduce_train_metrics(dist.all_gather(tr))
                 dist.sync_state(model)  # every rank scores with rank 0's BatchNorm statistics
@@ -432,6 +445,8 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
             xe = evaluate(model, ext_batches, rt, what="external", allow_empty=True, pad_to_size=pad, dist=dist, **fast)
             external = None if xe is None else xe.frame(fold)
         speed = {"compile": compile_on, "optimizer": opt_impl, "device": str(rt.device),
+                 # why compile: auto went eager mid-run (None: it did not)
+                 "compile_fallback": None if compiled is None else compiled.fallback,
                  # this run's epochs and final scoring (a resumed fold: since the resume)
                  "compile_s": tracker.compile_s, "compile_graphs": tracker.graphs,
                  "compile_s_all_epochs": float(sum(h.get("compile_s", 0.0) or 0.0 for h in history))}

@@ -9,6 +9,9 @@
 * :func:`sum_logs` / :class:`EpochSums` - an epoch's loss and log sums kept on the device,
   read in one transfer at the epoch's end (no host sync per step).
 * :func:`make_optimizer` - Adam, fused on CUDA where torch has the fused kernel.
+* :class:`CompiledModel` - the compiled model with a way out: under ``compile: auto`` a
+  failing compiled step falls back to eager for the rest of the run (one warning line);
+  under ``compile: on`` it raises :class:`CompileError`, one line that says how to fix it.
 
 Tensor contract of a device batch: ``x`` float32 ``(B, 2, D, H, W)`` channels (T1, FS) on
 the device, ``y`` float32 ``(B,)`` in {0, 1} on the device; the host batch dict rides along
@@ -16,6 +19,7 @@ the device, ``y`` float32 ``(B,)`` in {0, 1} on the device; the host batch dict 
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Optional
@@ -243,3 +247,118 @@ def make_optimizer(params: Any, lr: float, device: torch.device) -> tuple[torch.
             return torch.optim.Adam(params, lr=lr, fused=True), "fused"
         return torch.optim.Adam(params, lr=lr, foreach=True), "foreach"
     return torch.optim.Adam(params, lr=lr), "default"
+
+
+# --- torch.compile with a way out -------------------------------------------------------
+
+#: The PyTorch bug that made the fallback necessary: inductor's meta kernel for
+#: ``aten.convolution_backward`` predicts a channels_last grad_weight where cuDNN returns a
+#: contiguous one for a 1x1x1 feature map ("AssertionError: expected size 16==16, stride
+#: 27==1 ... Error in op: torch.ops.aten.convolution_backward.default"), seen on an H100 with
+#: torch 2.11 and the tiny preset (docs/training.md "GPU speed").
+UPSTREAM_ISSUE = "pytorch/pytorch#171622"
+FIX_HINT = "set train.compile: off (distmsfa cv --compile off)"
+log = logging.getLogger("distmsfa.training")
+
+
+class CompileError(RuntimeError):
+    """A compiled step failed where the same step runs eagerly (``compile: on``); one line."""
+
+
+def _first_line(exc: BaseException, limit: int = 240) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class CompiledModel:
+    """``torch.compile(model, dynamic=False)`` for the training and evaluation steps, and
+    what happens when a compiled step fails.
+
+    A compiled step may fail where the eager one runs: a dynamo or inductor error while
+    compiling, or a wrong prediction of the compiled code found when it runs (the
+    convolution-backward bug :data:`UPSTREAM_ISSUE` fails in the compiled *backward*, after
+    the compiled forward already updated BatchNorm's running statistics).  :meth:`step` then
+    zeroes the gradients, restores the buffers and the RNG state saved before the step (saved
+    only until a step of that kind has succeeded once: the first step compiles, later ones
+    reuse its graph, fixed shapes) and runs the same step eagerly.  If the eager step fails
+    too, its error is raised: the fault is not the compiler's.  Otherwise, with ``mode``
+    ``auto``, the rest of the run is eager (``fallback`` holds the reason, logged once as one
+    warning line) and the numbers are those of an eager run; with ``on`` a one-line
+    :class:`CompileError` says how to fix it.  With DDP (``dist``) nothing is retried (a
+    half-run backward leaves the reducer mid-iteration): the step raises :class:`CompileError`.
+
+    ``train_net``: the module the training steps run through (the DDP wrapper), compiled
+    separately; default: ``model``.  ``backend``: torch.compile's (tests use ``aot_eager``).
+    ``compiled``: an already compiled module or function to use instead (``model`` may then
+    be None: inference, where nothing is restored); ``hint``: how the user turns compile off."""
+
+    def __init__(self, model: Optional[torch.nn.Module], mode: str = "auto", *,
+                 train_net: Optional[torch.nn.Module] = None, backend: Optional[str] = None, dist: bool = False,
+                 compiled: Any = None, hint: str = FIX_HINT) -> None:
+        if mode not in ("auto", "on"):
+            raise ValueError(f"CompiledModel mode {mode!r}: use 'auto' (fall back to eager) or 'on' (raise)")
+        kw: dict[str, Any] = {"dynamic": False, **({"backend": backend} if backend else {})}
+        self.model, self.mode, self.dist, self.hint = model, mode, dist, hint
+        self.eval_net = compiled if compiled is not None else torch.compile(model, **kw)
+        self.train_net = self.eval_net if train_net is None or train_net is model else torch.compile(train_net, **kw)
+        self.fallback: Optional[str] = None  # why the run went eager (None: still compiled)
+        self._proven: set[str] = set()
+
+    @classmethod
+    def of(cls, compiled: "CompiledModel | torch.nn.Module", model: torch.nn.Module) -> "CompiledModel":
+        """An already ``torch.compile``-d module (as tests build one) as a ``mode='on'`` guard."""
+        return compiled if isinstance(compiled, cls) else cls(model, "on", compiled=compiled)
+
+    @property
+    def active(self) -> bool:
+        return self.fallback is None
+
+    def _saved(self, kind: str) -> Optional[dict[str, Any]]:
+        if kind != "train" or kind in self._proven or self.model is None:  # eval mode changes no state
+            return None
+        dev = next((b.device for b in self.model.buffers()), None)
+        cuda = dev is not None and dev.type == "cuda"
+        return {"buffers": [b.detach().clone() for b in self.model.buffers()],
+                "cpu_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(dev) if cuda else None, "dev": dev}
+
+    def _restore(self, saved: Optional[dict[str, Any]]) -> None:
+        if saved is None:
+            return
+        with torch.no_grad():
+            for b, v in zip(self.model.buffers(), saved["buffers"]):
+                b.copy_(v)
+        torch.set_rng_state(saved["cpu_rng"])
+        if saved["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"], saved["dev"])
+
+    def _message(self, exc: BaseException, kind: str, then: str, retried: bool = True) -> str:
+        why = ("the same step runs eagerly, so this is a compiler fault" if retried
+               else "not retried eagerly under DDP; likely a compiler fault")
+        return (f"torch.compile failed in a compiled {kind} step ({_first_line(exc)}); {why} (e.g. {UPSTREAM_ISSUE} "
+                f"on convolutions over 1x1x1 feature maps); {then}")
+
+    def step(self, kind: str, fn, eager_net: torch.nn.Module,
+             optimizer: Optional[torch.optim.Optimizer] = None) -> Any:
+        """``fn(net)`` with the compiled ``kind`` ("train", else the eval net) net; on a failure, as
+        the class says: ``fn(eager_net)`` after restoring, then fall back or raise."""
+        if not self.active:
+            return fn(eager_net)
+        saved = self._saved(kind)
+        try:
+            out = fn(self.train_net if kind == "train" else self.eval_net)
+        except Exception as exc:  # noqa: BLE001 - classified below by running the step eagerly
+            if self.dist:
+                raise CompileError(self._message(exc, kind, f"{self.hint} for DDP folds", retried=False)) from exc
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)  # a half-run backward may have left grads
+            self._restore(saved)
+            out = fn(eager_net)  # a genuine error of the step raises here, unchanged
+            if self.mode == "on":
+                raise CompileError(self._message(exc, kind, f"{self.hint}, or compile: auto to fall back to eager")) from exc
+            self.fallback = self._message(exc, kind, f"the rest of this run is eager ({self.hint} to skip compiling)")
+            log.warning(self.fallback)
+            return out
+        self._proven.add(kind)
+        return out

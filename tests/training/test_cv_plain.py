@@ -100,3 +100,6 @@ def test_cli_errors_are_one_line(synthetic_dataset, tmp_path):
     assert r.exit_code == 2 and "distmsfa preprocess" in r.output
     r = CliRunner().invoke(app, ["cv", "--data", str(synthetic_dataset), "--model", "msfanet", "--resume"])
     assert r.exit_code == 2 and "--resume needs --out" in r.output
+    r = CliRunner().invoke(app, ["cv", "--data", str(synthetic_dataset), "--model", "msfanet", "--plain",
+                                 "--compile", "sometimes", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "compile='sometimes'" in r.output and len(r.output.strip().splitlines()) == 1
