@@ -162,6 +162,10 @@ def main() -> None:
     ap.add_argument("--collect-only", action="store_true",
                     help="train nothing: summarise the finished folds (others are listed as in progress)")
     ap.add_argument("--out", default="benchmarks/out/bench_demo_models.json")
+    ap.add_argument("--oof-csv", default=None,
+                    help="also write the pooled out-of-fold predictions of the honest estimate (seed, model, case_id, "
+                         "fold, label, prob), so later runs can be paired with these without their run folders")
+    ap.add_argument("--note", default="", help="recorded in the JSON (e.g. where reused runs came from)")
     args = ap.parse_args()
 
     import torch
@@ -182,12 +186,13 @@ def main() -> None:
                         args.threads)
     if args.train_only:
         return
-    per_seed = {}
+    per_seed, oof_rows = {}, []
     for seed in seeds:
         runs, oofs = {}, {}
         for model in models:
             runs[model], oofs[model] = collect(work / "runs" / args.tag / f"{model}-s{seed}", folds)
         per_seed[str(seed)] = {"runs": runs, "tests": compare(runs, oofs), "pairing": pairing(runs)}
+        oof_rows += [o[["case_id", "fold", "label", "prob"]].assign(seed=seed, model=m) for m, o in oofs.items() if o is not None]
     profile = get_profile("cpu")["train"]
     fp = json.loads((data / "fingerprint.json").read_text()) if (data / "fingerprint.json").exists() else {}
     result = {
@@ -202,10 +207,16 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "threads": args.threads, "load_avg_at_end": os.getloadavg(),
                     "note": "2-core machine shared with other jobs: wall times are pessimistic"},
-        "collect_wall_s": time.time() - t0,
+        "collect_wall_s": time.time() - t0, "note": args.note,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
+    if args.oof_csv and oof_rows:
+        import pandas as pd
+
+        pd.concat(oof_rows)[["seed", "model", "case_id", "fold", "label", "prob"]].to_csv(args.oof_csv, index=False)
+        result["oof_csv"] = args.oof_csv
+        Path(args.out).write_text(json.dumps(result, indent=2))
     for seed, v in per_seed.items():
         for m, r in v["runs"].items():
             if not r["folds_done"]:
