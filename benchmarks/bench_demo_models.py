@@ -11,9 +11,18 @@ the fold ensemble), wall time.  Per seed: paired DeLong tests on the pooled out-
 predictions of the honest estimate (MSFANet vs Baseline, Baseline vs the better single
 sequence) and whether the ordering holds.
 
+The per-joint MIL models (``msfanet_mil``, ``baseline_mil``; docs/models.md, "Per-joint
+model (MIL)") run the same way (``--models msfanet_mil,baseline_mil,...``): the ``--train``
+overrides (``model_cfg.preset`` included) apply to every model in ``--models``.  Their extra
+paired tests: MIL vs its whole-crop counterpart (``msfanet_mil`` vs ``msfanet``,
+``baseline_mil`` vs ``baseline``) and ``msfanet_mil`` vs ``baseline_mil``.
+
 A run whose folder already holds ``summary.json`` is reused, so runs can be split over
 processes (``--models``/``--seeds``/``--folds``, ``--train-only``) and one last call
-(``--collect-only``: trains nothing, lists unfinished folds as in progress) collects::
+(``--collect-only``: trains nothing, lists unfinished folds as in progress) collects.  Runs
+of another work folder made with the same data and ``--train`` can be copied into
+``--work/runs/<tag>/`` to pair new models with them (the result records every run's
+settings; ``pairing`` lists any setting other than the model that differs)::
 
     python benchmarks/bench_demo_models.py --work benchmarks/out/demo_models \\
         --seeds 0 --out benchmarks/results/demo_models_cpu_2core.json
@@ -28,6 +37,8 @@ import time
 from pathlib import Path
 
 MODELS = ("msfanet", "baseline", "baseline_t1", "baseline_fs")
+#: Extra paired tests when both models ran (a, b): MIL vs whole crop, MSFANet vs Baseline per joint.
+PAIRS = (("msfanet_mil", "msfanet"), ("baseline_mil", "baseline"), ("msfanet_mil", "baseline_mil"))
 
 
 def build_data(work: Path, n: int) -> Path:
@@ -93,7 +104,9 @@ def collect(model_dir: Path, folds: list[int]) -> tuple[dict, "object"]:
                "epochs": {f: m["best_epoch"] for f, m in v["folds"].items()}}
            for k, v in s["estimates"].items()}
     ext = s.get("external", {})
+    gap = est["last"]["mean_auc"] - est["best_val"]["mean_auc"] if {"last", "best_val"} <= set(est) else None
     out = {"folds_done": finished, "in_progress": in_progress, "selection": s["selection"], "estimate": s["estimate"], "honest": est.get(s["estimate"]), "estimates": est,
+           "last_minus_best_val": gap, "train": tcfg.to_dict(),
            "external": {"mean_auc": ext.get("mean", {}).get("auc"), "std_auc": ext.get("std", {}).get("auc"),
                         "ensemble_auc": ext.get("ensemble", {}).get("auc"), "n_cases": ext.get("n_cases")},
            "wall_s_sum_of_folds": timing["wall_s"], "mean_epoch_s": timing["mean_epoch_s"], "run_dir": str(model_dir)}
@@ -118,10 +131,20 @@ def compare(runs: dict, oofs: dict) -> dict:
             out["baseline_vs_single"] = test("baseline", single)
     if {"msfanet", "baseline"} <= set(oofs):
         out["msfanet_vs_baseline"] = test("msfanet", "baseline")
-    if len(out) == 3:
+    if {"better_single", "baseline_vs_single", "msfanet_vs_baseline"} <= set(out):
         out["ordering_holds"] = bool(out["msfanet_vs_baseline"]["auc_a"] > out["msfanet_vs_baseline"]["auc_b"]
                                      > out["baseline_vs_single"]["auc_b"])
+    for a, b in PAIRS:
+        if {a, b} <= set(oofs):
+            out[f"{a}_vs_{b}"] = test(a, b)
     return out
+
+
+def pairing(runs: dict) -> dict:
+    """Training settings (other than the model) that differ between a seed's runs: pairs are fair when empty."""
+    cfgs = {m: {k: v for k, v in r["train"].items() if k != "model"} for m, r in runs.items() if r.get("train")}
+    keys = sorted({k for c in cfgs.values() for k in c})
+    return {k: {m: c.get(k) for m, c in cfgs.items()} for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in cfgs.values()}) > 1}
 
 
 def main() -> None:
@@ -139,6 +162,10 @@ def main() -> None:
     ap.add_argument("--collect-only", action="store_true",
                     help="train nothing: summarise the finished folds (others are listed as in progress)")
     ap.add_argument("--out", default="benchmarks/out/bench_demo_models.json")
+    ap.add_argument("--oof-csv", default=None,
+                    help="also write the pooled out-of-fold predictions of the honest estimate (seed, model, case_id, "
+                         "fold, label, prob), so later runs can be paired with these without their run folders")
+    ap.add_argument("--note", default="", help="recorded in the JSON (e.g. where reused runs came from)")
     args = ap.parse_args()
 
     import torch
@@ -159,27 +186,37 @@ def main() -> None:
                         args.threads)
     if args.train_only:
         return
-    per_seed = {}
+    per_seed, oof_rows = {}, []
     for seed in seeds:
         runs, oofs = {}, {}
         for model in models:
             runs[model], oofs[model] = collect(work / "runs" / args.tag / f"{model}-s{seed}", folds)
-        per_seed[str(seed)] = {"runs": runs, "tests": compare(runs, oofs)}
+        per_seed[str(seed)] = {"runs": runs, "tests": compare(runs, oofs), "pairing": pairing(runs)}
+        oof_rows += [o[["case_id", "fold", "label", "prob"]].assign(seed=seed, model=m) for m, o in oofs.items() if o is not None]
     profile = get_profile("cpu")["train"]
+    fp = json.loads((data / "fingerprint.json").read_text()) if (data / "fingerprint.json").exists() else {}
     result = {
         "what": "demo cohort (120 cases, TAH 4-fold CV + NHH external, 8x48x64 at 5x2.5x2.5 mm); cpu profile + overrides; "
                 "plain path; AUCs of the honest estimate (selection rule), last epoch, best val epoch (optimistic); "
                 "paired DeLong on pooled OOF predictions of the honest estimate",
+        "data": {"path": str(data), **{k: fp.get("params", {}).get(k) for k in ("crop_size", "target_spacing_mm", "roi_mask_mm")},
+                 "fingerprint": fp.get("fingerprint")},
         "profile_train": profile, "overrides": train, "models": models, "seeds": seeds, "per_seed": per_seed,
         "complete": all(len(r["folds_done"]) == 4 for v in per_seed.values() for r in v["runs"].values()),
         "ordering_holds_in": sum(bool(v["tests"].get("ordering_holds")) for v in per_seed.values()),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "threads": args.threads, "load_avg_at_end": os.getloadavg(),
                     "note": "2-core machine shared with other jobs: wall times are pessimistic"},
-        "collect_wall_s": time.time() - t0,
+        "collect_wall_s": time.time() - t0, "note": args.note,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
+    if args.oof_csv and oof_rows:
+        import pandas as pd
+
+        pd.concat(oof_rows)[["seed", "model", "case_id", "fold", "label", "prob"]].to_csv(args.oof_csv, index=False)
+        result["oof_csv"] = args.oof_csv
+        Path(args.out).write_text(json.dumps(result, indent=2))
     for seed, v in per_seed.items():
         for m, r in v["runs"].items():
             if not r["folds_done"]:
@@ -188,7 +225,8 @@ def main() -> None:
             h = r["honest"]
             print(f"seed {seed} {m:12s} honest {h['mean_auc']:.3f}±{h['std_auc']:.3f} pooled {h['pooled_auc']:.3f} "
                   f"last {r['estimates']['last']['mean_auc']:.3f} best {r['estimates']['best_val']['mean_auc']:.3f} "
-                  f"ext {r['external']['ensemble_auc']:.3f} epoch {r['mean_epoch_s']:.1f}s folds {r['folds_done']}")
+                  f"ext {r['external']['ensemble_auc']:.3f} epoch {r['mean_epoch_s']:.1f}s wall {r['wall_s_sum_of_folds']:.0f}s "
+                  f"folds {r['folds_done']}")
         print(f"seed {seed} tests {json.dumps(v['tests'])}")
     print(f"wrote {args.out}")
 
