@@ -38,7 +38,8 @@ def test_late_fusion_is_blind_to_co_location_and_early_fusion_is_not():
     y = x.clone()
     fs = y[:, 1, mask]
     y[:, 1, mask] = fs[:, torch.randperm(fs.shape[1], generator=torch.Generator().manual_seed(1))]
-    late, early = net(fusion="late"), net(fusion="early")
+    # erode=0: the shuffle also moves values between the ROI's rim and its interior.
+    late, early = net(fusion="late", erode=0), net(fusion="early", erode=0)
     torch.testing.assert_close(late(x)["fuse"], late(y)["fuse"])
     assert not torch.allclose(early(x)["fuse"], early(y)["fuse"], atol=1e-4)
 
@@ -77,6 +78,18 @@ def test_background_outside_the_roi_is_not_pooled():
     torch.testing.assert_close(m(y)["fuse"], ref)
 
 
+def test_the_rim_of_the_roi_is_not_pooled():
+    # The rim is where the augmentation's bilinear warp blends tissue with background.
+    x, mask = masked_batch()
+    m = net()
+    rim = mask.clone()
+    rim[1:3, 5:11, 4:12] = False
+    y = x.clone()
+    y[:, :, rim] = 0.05 + 0.9 * torch.rand(SHAPE[0], 2, int(rim.sum()))
+    torch.testing.assert_close(m(x)["fuse"], m(y)["fuse"])
+    assert not torch.allclose(net(erode=0)(x)["fuse"], net(erode=0)(y)["fuse"], atol=1e-4)
+
+
 def test_bad_config_says_how_to_fix():
     with pytest.raises(ConfigError, match="fusion must be"):
         create_model("voxel_fusion", fusion="mid")
@@ -84,5 +97,7 @@ def test_bad_config_says_how_to_fix():
         create_model("voxel_fusion", morph=4)
     with pytest.raises(ConfigError, match="pool must be"):
         create_model("voxel_fusion", pool="avg")
+    with pytest.raises(ConfigError, match="erode must be"):
+        create_model("voxel_fusion", erode=-1)
     with pytest.raises(ConfigError, match="loss must be"):
         create_model("voxel_fusion", loss="hybrid")
