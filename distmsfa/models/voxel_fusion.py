@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distmsfa.config import Config, require
-from distmsfa.models.base import MultiSequenceModel
+from distmsfa.models.base import SEQUENCE_INDEX, MultiSequenceModel
 from distmsfa.models.blocks import build_config, freeze_lists
 from distmsfa.models.losses import make_loss
 from distmsfa.models.registry import register_model
@@ -131,34 +131,29 @@ def masked_pool(f: torch.Tensor, mask: torch.Tensor, pool: str, topk_frac: float
     return torch.cat(parts, 1)
 
 
-class VoxelFusionNet(MultiSequenceModel):
-    primary_head = "fuse"
+class VoxelFeatures(nn.Module):
+    """x (B, 2, D, H, W) -> standardized pooled per-voxel features (B, ``out_features``).
+
+    The probe net's body, also MSFANet's optional voxel path (msfanet.py ``voxel_path``)."""
 
     def __init__(self, cfg: VoxelFusionConfig) -> None:
-        super().__init__(make_loss(cfg.loss, ("fuse",), "fuse", cfg.log_weight_bound))
+        super().__init__()
         self.cfg = cfg
         self.sequences = tuple(cfg.sequences)
-        late = cfg.fusion == "late" and len(self.sequences) == 2
-        self.late = late
-        names = self.sequences if late else ("fuse",)
-        cin = 1 if late else len(self.sequences)
+        self.late = cfg.fusion == "late" and len(self.sequences) == 2
+        names = self.sequences if self.late else ("fuse",)
+        cin = 1 if self.late else len(self.sequences)
         self.stacks = nn.ModuleDict({s: _stack(cin, cfg) for s in names})
-        feat = _out_width(cfg) * (2 if cfg.pool == "meanmax" else 1) * len(names)
+        self.out_features = _out_width(cfg) * (2 if cfg.pool == "meanmax" else 1) * len(names)
         # The pooled statistics differ between cases by small amounts (a lesion fills ~1% of
         # the ROI): standardizing them (as the feature ceiling's StandardScaler does) lets the
         # linear head and the MLP below it learn at a normal learning rate (eps 1e-8: the
         # across-case variance of a mean over thousands of voxels can be below the default 1e-5).
-        self.norm = nn.BatchNorm1d(feat, eps=1e-8) if cfg.head_norm else nn.Identity()
-        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
-        self.fc = nn.Linear(feat, 1)
+        self.norm = nn.BatchNorm1d(self.out_features, eps=1e-8) if cfg.head_norm else nn.Identity()
 
-    @property
-    def head_names(self):
-        return ("fuse",)
-
-    def _prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Read sequences -> (B, S, D, H, W) normalized (+ morphology), and the ROI mask."""
-        v = torch.cat([self.select(x, s) for s in self.sequences], 1).float()
+        v = torch.cat([x[:, SEQUENCE_INDEX[s] : SEQUENCE_INDEX[s] + 1] for s in self.sequences], 1).float()
         # Background = each case's and sequence's minimum (0 on a masked crop, but the
         # training augmentation's intensity shift lifts it): subtracting it keeps the mask
         # and the median ratio the same in training and evaluation.
@@ -185,19 +180,40 @@ class VoxelFusionNet(MultiSequenceModel):
             v = torch.cat(chans, 1)
         return v * mask, mask
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        v, mask = self._prepare(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v, mask = self.prepare(x)
         if self.late:
-            feats = [masked_pool(self.stacks[s](v[:, i : i + 1]), mask, self.cfg.pool, self.cfg.topk_frac)
-                     for i, s in enumerate(self.sequences)]
-            z = torch.cat(feats, 1)
+            z = torch.cat([masked_pool(self.stacks[s](v[:, i : i + 1]), mask, self.cfg.pool, self.cfg.topk_frac)
+                           for i, s in enumerate(self.sequences)], 1)
         else:
             z = masked_pool(self.stacks["fuse"](v), mask, self.cfg.pool, self.cfg.topk_frac)
-        return {"fuse": self.fc(self.drop(self.norm(z))).squeeze(-1)}
+        return self.norm(z)
 
     def gradcam_layers(self) -> dict[str, nn.Module]:
         # The last conv of each stack (a per-voxel map at full resolution).
         return {s: [m for m in st if isinstance(m, nn.Conv3d)][-1] for s, st in self.stacks.items()}
+
+
+class VoxelFusionNet(MultiSequenceModel):
+    primary_head = "fuse"
+
+    def __init__(self, cfg: VoxelFusionConfig) -> None:
+        super().__init__(make_loss(cfg.loss, ("fuse",), "fuse", cfg.log_weight_bound))
+        self.cfg = cfg
+        self.sequences = tuple(cfg.sequences)
+        self.features = VoxelFeatures(cfg)
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(self.features.out_features, 1)
+
+    @property
+    def head_names(self):
+        return ("fuse",)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"fuse": self.fc(self.drop(self.features(x))).squeeze(-1)}
+
+    def gradcam_layers(self) -> dict[str, nn.Module]:
+        return self.features.gradcam_layers()
 
 
 @register_model("voxel_fusion")
