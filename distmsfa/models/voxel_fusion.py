@@ -27,9 +27,8 @@ Pooling ``pool``: mean | max | meanmax (both, concatenated) | topk (mean of the 
 ``topk_frac`` of the ROI voxels, per case).
 ``erode`` (default 1): the pooled mask loses its in-plane rim of ``erode`` voxels.  The
 training augmentation's rotation/zoom resamples bilinearly with zero padding, so the rim of a
-masked ROI becomes a blend of tissue and background (dark on both sequences); measured on
-fold 0 of the demo dataset, the per-voxel net went from AUC 0.93 without the geometry
-augmentation to 0.39 with it until the rim was excluded (docs/demo-learning.md).
+masked ROI becomes a blend of tissue and background (dark on both sequences), and a per-voxel
+net that pools it learns the augmentation instead of the lesions (measured: docs/demo-learning.md).
 ``morph`` > 0: a fixed in-plane grey closing of T1 / opening of FS (window morph x morph)
 before the MLP, the hand features' removal of thin cortex/cleft lines (no parameters).
 """
