@@ -34,7 +34,6 @@ from distmsfa.models.blocks import HEAD_POOLS, freeze_lists, Head, ResBlock3d, b
 from distmsfa.models.losses import LOSS_KINDS, make_loss
 from distmsfa.models.msfa import MSFA
 from distmsfa.models.registry import register_model
-from distmsfa.models.voxel_fusion import VoxelFeatures, VoxelFusionConfig
 
 _SEQ_SETS = (("t1", "fs"), ("t1",), ("fs",))
 
@@ -54,10 +53,6 @@ class MSFANetConfig(Config):
     prediction: str = "primary"  # primary (fuse head) | mean (of heads)
     dropout: float = 0.0
     head_pool: str = "avg"  # avg (paper) | max | avgmax: the heads' global pooling (blocks.Head)
-    # >0: width of an early-fusion voxel path (voxel_fusion.VoxelFeatures: a per-voxel MLP over
-    # the concatenated sequences at full resolution, masked mean+max pooling) whose linear
-    # logit is added to the fuse head's; 0: off (the paper).  docs/demo-learning.md.
-    voxel_path: int = 0
 
     def __post_init__(self) -> None:
         n = type(self).__name__
@@ -79,8 +74,6 @@ class MSFANetConfig(Config):
         require(self.prediction in ("primary", "mean"), n, f"prediction must be 'primary' or 'mean', got {self.prediction!r}")
         require(0.0 <= self.dropout < 1.0, n, f"dropout must be in [0, 1), got {self.dropout}")
         require(self.head_pool in HEAD_POOLS, n, f"head_pool must be one of {HEAD_POOLS}, got {self.head_pool!r}")
-        require(isinstance(self.voxel_path, int) and self.voxel_path >= 0, n,
-                f"voxel_path must be an int >= 0 (the voxel path's width; 0 = off, the paper), got {self.voxel_path!r}")
 
     @property
     def total_stride(self) -> tuple[int, int, int]:
@@ -121,12 +114,6 @@ class MSFANet(MultiSequenceModel):
             self.msfa = nn.ModuleDict({s: MSFA(w2, cfg.attn_dim, cfg.attn_heads, cfg.alpha_init, cfg.kv_pool) for s in self.sequences})
         self.fuse_block = ResBlock3d(w2 * len(self.sequences), w3, s3)
         self.heads = nn.ModuleDict({h: Head(w3, cfg.dropout, cfg.head_pool) for h in heads})
-        self.voxel = self.voxel_fc = None
-        if cfg.voxel_path:
-            # The sequences meet voxel by voxel before any downsampling (issue 15: at the demo
-            # scale the branches' strided blocks lose "T1 dark AND FS bright at one place").
-            self.voxel = VoxelFeatures(VoxelFusionConfig(sequences=self.sequences, widths=(cfg.voxel_path,) * 2))
-            self.voxel_fc = nn.Linear(self.voxel.out_features, 1)
 
     @property
     def head_names(self):
@@ -144,10 +131,7 @@ class MSFANet(MultiSequenceModel):
         else:
             z = [a[s] for s in self.sequences]
         fused = self.fuse_block(torch.cat(z, 1) if len(z) > 1 else z[0])
-        logit = self.heads["fuse"](fused)
-        if self.voxel is not None:
-            logit = logit + self.voxel_fc(self.voxel(x)).squeeze(-1)
-        return {"fuse": logit, **out}
+        return {"fuse": self.heads["fuse"](fused), **out}
 
     def gradcam_layers(self) -> dict[str, nn.Module]:
         # A branch's last conv: its second block, or its first where the loss leaves that out.

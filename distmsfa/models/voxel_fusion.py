@@ -133,7 +133,7 @@ def masked_pool(f: torch.Tensor, mask: torch.Tensor, pool: str, topk_frac: float
 class VoxelFeatures(nn.Module):
     """x (B, 2, D, H, W) -> standardized pooled per-voxel features (B, ``out_features``).
 
-    The probe net's body, also MSFANet's optional voxel path (msfanet.py ``voxel_path``)."""
+    The probe net's body (a separate module so that another network can add it as a path)."""
 
     def __init__(self, cfg: VoxelFusionConfig) -> None:
         super().__init__()

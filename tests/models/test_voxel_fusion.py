@@ -102,24 +102,3 @@ def test_bad_config_says_how_to_fix():
     with pytest.raises(ConfigError, match="loss must be"):
         create_model("voxel_fusion", loss="hybrid")
 
-
-def test_msfanet_voxel_path_is_off_by_default_and_trains_when_on():
-    torch.manual_seed(0)
-    paper = create_model("msfanet", preset="tiny")
-    assert paper.voxel is None and not any(n.startswith("voxel") for n, _ in paper.named_parameters())
-    m = create_model("msfanet", preset="tiny", voxel_path=4, alpha_init=0.1)
-    x, _ = masked_batch()
-    out = m(x)
-    loss, _ = m.loss(out, torch.tensor([0.0, 1.0]))
-    loss.backward()
-    voxel = {n: p for n, p in m.named_parameters() if n.startswith("voxel")}
-    assert voxel and all(p.grad is not None and p.grad.abs().sum() > 0 for p in voxel.values())
-    # The voxel path adds to the fuse logit only: the sequence heads are the paper's.
-    m.eval()
-    m.voxel_fc.weight.data.zero_()
-    m.voxel_fc.bias.data.zero_()
-    no_voxel = create_model("msfanet", preset="tiny", alpha_init=0.1).eval()
-    no_voxel.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("voxel")})
-    torch.testing.assert_close(m(x)["fuse"], no_voxel(x)["fuse"])
-    with pytest.raises(ConfigError, match="voxel_path must be"):
-        create_model("msfanet", voxel_path=-1)
