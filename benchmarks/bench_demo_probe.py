@@ -41,6 +41,10 @@ PROBES: dict[str, tuple[str, dict, dict, str]] = {
     "early_conv3": ("voxel_fusion", {"conv3": 16}, {}, "(a) + one 3x3x3 conv after the per-voxel MLP"),
     "early_morph": ("voxel_fusion", {"morph": 3}, {}, "(a) + fixed in-plane grey closing (T1) / opening (FS), 3x3"),
     "early_topk": ("voxel_fusion", {"pool": "topk"}, {}, "(a) with top-5% mean pooling"),
+    # The morphology's controls: does the closing/opening help fusion, or FS alone?
+    "fs_only_morph": ("voxel_fusion", {"sequences": ["fs"], "morph": 3}, {}, "(b) FS only + the 3x3 opening"),
+    "late_morph": ("voxel_fusion", {"fusion": "late", "morph": 3}, {}, "(c) late fusion + the 3x3 closing/opening"),
+    "early_morph_conv3": ("voxel_fusion", {"morph": 3, "conv3": 16}, {}, "(a) + morphology + one 3x3x3 conv"),
     # The demo augmentation's intensity affine is clipped to [0, 1]: the brightest FS voxels
     # (the lesions) saturate.  The same probes without it (geometry augmentation kept):
     "early_noint": ("voxel_fusion", {}, NO_INTENSITY, "(a), no intensity augmentation"),
@@ -130,7 +134,12 @@ def run_probe(data: Path, run_dir: Path, model: str, model_cfg: dict, train_over
     from distmsfa.training import run_cv
 
     if not (run_dir / "probe.json").exists():
-        train = {**train_over, "model_cfg": model_cfg, "seed": seed, **({"epochs": epochs} if epochs else {})}
+        train = {**train_over, "model_cfg": model_cfg, "seed": seed}
+        if epochs:  # a short run shortens the profile's warm-up, as `distmsfa demo --epochs` does
+            from distmsfa.training.profiles import get_profile
+
+            warmup = int(get_profile("demo")["train"].get("warmup_epochs", 0))
+            train.update(epochs=epochs, warmup_epochs=min(warmup, epochs - 1))
         t0 = time.time()
         res = run_cv(data, model, profile="demo", out=run_dir, plain=True, progress=False,
                      resume=(run_dir / "run.json").exists(), overrides={"train": train})
