@@ -258,7 +258,8 @@ def main() -> None:
                 "8x48x64 at 5x2.5x2.5 mm, roi_mask_mm 7.5): logistic-regression feature ceiling on the CV folds; "
                 "probe nets cross-validated with the demo profile (plain path): honest = the profile's selection "
                 "(last epoch), best_val = best validation epoch (OPTIMISTIC: chosen on the scored cases)",
-        "data": str(data), "profile_train": get_profile("demo")["train"], "seed": args.seed, "epochs_override": args.epochs,
+        "data": str(data), "data_fingerprint": json.loads((data / "fingerprint.json").read_text()).get("fingerprint"),
+        "profile_train": get_profile("demo")["train"], "seed": args.seed, "epochs_override": args.epochs,
         "feature_ceiling": ceiling, "rim_check": rim,
         "probes": {k: {**v, "what": probes.get(k, ("", {}, {}, "extra"))[3]} for k, v in results.items()},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
