@@ -1,2 +1,2 @@
 """Import every model module so that each registers its factories (see registry.py)."""
-from distmsfa.models import backbones, fusion_nets, mil, msfanet  # noqa: F401
+from distmsfa.models import backbones, fusion_nets, mil, msfanet, voxel_fusion  # noqa: F401
