@@ -66,7 +66,7 @@ def compare(model: str, seed: int, run: dict, ref: dict, oof: pd.DataFrame, ref_
                 "honest_pooled_auc": r["honest"]["pooled_auc"],
                 "best_val_mean_auc_OPTIMISTIC": r["estimates"]["best_val"]["mean_auc"],
                 "external_mean_auc": r["external"]["mean_auc"], "external_ensemble_auc": r["external"]["ensemble_auc"],
-                "fold_honest_auc": r.get("honest", {}).get("fold_auc")}
+                "last_minus_best_val": r.get("last_minus_best_val")}
 
     return {"model": model, "seed": seed, "mask_aware": fig(run), "plain_stored": fig(ref),
             "delong_pooled_oof_honest": {"a": "mask_aware", "b": "plain_stored", "auc_a": auc_a, "auc_b": auc_b,
@@ -77,12 +77,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bench", required=True, help="bench_demo_models.py output of the mask-aware run")
     ap.add_argument("--oof", required=True, help="its --oof-csv")
-    ap.add_argument("--ref-json", default=str(RES / "demo_models_masked_cpu_2core.json"))
+    ap.add_argument("--ref-json", default=str(RES / "demo_models_mil_masked_cpu_2core.json"),
+                    help="the plain-augmentation runs (seed 0 = demo_models_masked_cpu_2core.json's)")
     ap.add_argument("--ref-oof", default=str(RES / "demo_models_mil_masked_oof.csv"))
     ap.add_argument("--ref-probe", default=str(RES / "demo_probe_cpu_2core.json"))
     ap.add_argument("--data", required=True)
     ap.add_argument("--model", default="msfanet")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rim-check", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
@@ -94,13 +94,20 @@ def main() -> None:
     data = Path(args.data).resolve()
     res = json.loads(Path(args.bench).read_text())
     ref = json.loads(Path(args.ref_json).read_text())
-    run = res["per_seed"][str(args.seed)]["runs"][args.model]
-    res["augment_masked"] = {m: r.get("train", {}).get("augment", {}).get("masked")
-                             for s in res["per_seed"].values() for m, r in s["runs"].items()}
-    res["comparison"] = compare(args.model, args.seed, run, ref["per_seed"][str(args.seed)]["runs"][args.model],
-                                pd.read_csv(args.oof), pd.read_csv(args.ref_oof))
-    res["comparison"]["reference"] = {"json": Path(args.ref_json).name, "oof": Path(args.ref_oof).name,
-                                      "overrides": ref.get("overrides")}
+    res["augment_masked"] = {f"{m}-s{s}": r.get("train", {}).get("augment", {}).get("masked")
+                             for s, v in res["per_seed"].items() for m, r in v["runs"].items()}
+    oof, ref_oof = pd.read_csv(args.oof), pd.read_csv(args.ref_oof)
+    seeds = [s for s in res["per_seed"] if args.model in res["per_seed"][s]["runs"]
+             and args.model in ref.get("per_seed", {}).get(s, {}).get("runs", {})]
+    per = {s: compare(args.model, int(s), res["per_seed"][s]["runs"][args.model],
+                      ref["per_seed"][s]["runs"][args.model], oof, ref_oof) for s in seeds}
+    mean = {side: {k: float(np.mean([per[s][side][k] for s in seeds])) for k in per[seeds[0]][side]
+                   if isinstance(per[seeds[0]][side][k], float)} for side in ("mask_aware", "plain_stored")}
+    res["comparison"] = {"per_seed": per, "mean_over_seeds": mean, "seeds": [int(s) for s in seeds],
+                         "mask_aware_ahead_in": sum(per[s]["delong_pooled_oof_honest"]["auc_a"]
+                                                    > per[s]["delong_pooled_oof_honest"]["auc_b"] for s in seeds),
+                         "reference": {"json": Path(args.ref_json).name, "oof": Path(args.ref_oof).name,
+                                       "note": ref.get("note")}}
     res["mask_indicator_check"] = indicator_check(data)
     if args.rim_check:
         from bench_demo_probe import rim_check
@@ -114,8 +121,7 @@ def main() -> None:
     res["maskaug_machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                               "load_avg_at_end": os.getloadavg(), "wall_s": time.time() - t0}
     Path(args.out).write_text(json.dumps(res, indent=2, default=float))
-    c = res["comparison"]
-    print(json.dumps({k: c[k] for k in ("mask_aware", "plain_stored", "delong_pooled_oof_honest")}, indent=1, default=float))
+    print(json.dumps(res["comparison"], indent=1, default=float))
     print(json.dumps(res["mask_indicator_check"]))
     if args.rim_check:
         print(json.dumps({k: v["last_epoch_auc"] for k, v in res["rim_check_mask_aware"]["runs"].items()}))
