@@ -3,7 +3,7 @@
 Takes the output of ``bench_demo_models.py`` for a run with the mask-aware augmentation
 (``masked`` resolved to ``on`` from the dataset's ``roi_mask_mm``) and adds:
 
-* ``comparison``: the same model and seed of a stored run with the plain augmentation
+* ``comparison``: each (model, seed) run against the stored run of that model and seed with the plain augmentation
   (``--ref-json``/``--ref-oof``): honest, optimistic and external AUCs side by side, and a
   paired DeLong test on the pooled out-of-fold predictions of the honest estimate (same cases);
 * ``mask_indicator_check``: on every case of ``--data``, the inside indicator that
@@ -58,7 +58,7 @@ def compare(model: str, seed: int, run: dict, ref: dict, oof: pd.DataFrame, ref_
     a = oof[(oof.seed == seed) & (oof.model == model)]
     b = ref_oof[(ref_oof.seed == seed) & (ref_oof.model == model)]
     m = a[["case_id", "label", "prob"]].merge(b[["case_id", "label", "prob"]], on="case_id", suffixes=("_a", "_b"))
-    assert (m.label_a == m.label_b).all(), "the two runs disagree on labels: not the same dataset"
+    assert len(m) and (m.label_a == m.label_b).all(), f"{model} seed {seed}: no common cases or other labels"
     auc_a, auc_b, z, p = delong_paired_test(m["label_a"], m["prob_a"].to_numpy(), m["prob_b"].to_numpy())
 
     def fig(r: dict) -> dict:
@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--ref-oof", default=str(RES / "demo_models_mil_masked_oof.csv"))
     ap.add_argument("--ref-probe", default=str(RES / "demo_probe_cpu_2core.json"))
     ap.add_argument("--data", required=True)
-    ap.add_argument("--model", default="msfanet")
+    ap.add_argument("--model", default="msfanet", help="the model whose seeds are averaged")
     ap.add_argument("--rim-check", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
@@ -97,15 +97,23 @@ def main() -> None:
     res["augment_masked"] = {f"{m}-s{s}": r.get("train", {}).get("augment", {}).get("masked")
                              for s, v in res["per_seed"].items() for m, r in v["runs"].items()}
     oof, ref_oof = pd.read_csv(args.oof), pd.read_csv(args.ref_oof)
-    seeds = [s for s in res["per_seed"] if args.model in res["per_seed"][s]["runs"]
-             and args.model in ref.get("per_seed", {}).get(s, {}).get("runs", {})]
-    per = {s: compare(args.model, int(s), res["per_seed"][s]["runs"][args.model],
-                      ref["per_seed"][s]["runs"][args.model], oof, ref_oof) for s in seeds}
-    mean = {side: {k: float(np.mean([per[s][side][k] for s in seeds])) for k in per[seeds[0]][side]
-                   if isinstance(per[seeds[0]][side][k], float)} for side in ("mask_aware", "plain_stored")}
-    res["comparison"] = {"per_seed": per, "mean_over_seeds": mean, "seeds": [int(s) for s in seeds],
-                         "mask_aware_ahead_in": sum(per[s]["delong_pooled_oof_honest"]["auc_a"]
-                                                    > per[s]["delong_pooled_oof_honest"]["auc_b"] for s in seeds),
+    def both(s: str, m: str) -> bool:
+        mine = res["per_seed"][s]["runs"].get(m) or {}
+        theirs = ref.get("per_seed", {}).get(s, {}).get("runs", {}).get(m) or {}
+        return len(mine.get("folds_done", [])) == 4 and len(theirs.get("folds_done", [])) == 4
+
+    pairs = [(s, m) for s in res["per_seed"] for m in res["per_seed"][s]["runs"] if both(s, m)]
+    per = {f"{m}-s{s}": compare(m, int(s), res["per_seed"][s]["runs"][m], ref["per_seed"][s]["runs"][m], oof, ref_oof)
+           for s, m in pairs}
+    seeds = [s for s, m in pairs if m == args.model]
+    mine = [per[f"{args.model}-s{s}"] for s in seeds]
+    mean = {side: {k: float(np.mean([c[side][k] for c in mine])) for k in mine[0][side]
+                   if isinstance(mine[0][side][k], float)} for side in ("mask_aware", "plain_stored")}
+    res["comparison"] = {"per_run": per, f"{args.model}_mean_over_seeds": mean, f"{args.model}_seeds": [int(s) for s in seeds],
+                         "pooled_oof_ahead_in": sum(c["delong_pooled_oof_honest"]["auc_a"] > c["delong_pooled_oof_honest"]["auc_b"]
+                                                    for c in mine),
+                         "fold_mean_ahead_in": sum(c["mask_aware"]["honest_mean_auc"] > c["plain_stored"]["honest_mean_auc"]
+                                                   for c in mine),
                          "reference": {"json": Path(args.ref_json).name, "oof": Path(args.ref_oof).name,
                                        "note": ref.get("note")}}
     res["mask_indicator_check"] = indicator_check(data)
