@@ -158,10 +158,11 @@ def run_probe(data: Path, run_dir: Path, model: str, model_cfg: dict, train_over
     return json.loads((run_dir / "probe.json").read_text())
 
 
-def rim_check(data: Path, fold: int = 0, epochs: int = 40) -> dict:
+def rim_check(data: Path, fold: int = 0, epochs: int = 40, cases: dict | None = None) -> dict:
     """Fold ``fold`` of the early probe in a bare loop (Adam 1e-3, batch 4, no schedule): no
     augmentation, the demo profile's geometry augmentation with the ROI rim pooled
-    (``erode=0``), and with it excluded (``erode=1``): the warp's rim artefact, isolated."""
+    (``erode=0``), and with it excluded (``erode=1``): the warp's rim artefact, isolated.
+    ``cases``: ``{name: (AugmentConfig mapping, erode)}`` to run instead of these three."""
     import pandas as pd
     import torch
     from sklearn.metrics import roc_auc_score
@@ -176,8 +177,8 @@ def rim_check(data: Path, fold: int = 0, epochs: int = 40) -> dict:
     y = torch.tensor(idx.label.to_numpy()).float()
     tr = torch.tensor((idx.fold != fold).to_numpy())
     geometry = {"translate": 0.1, "rotate_deg": 15.0, "scale": 0.15, "intensity_scale": 0.0, "intensity_shift": 0.0}
-    cases = {"no_augmentation": ({"enabled": False}, 1), "geometry_rim_pooled": (geometry, 0),
-             "geometry_rim_excluded": (geometry, 1)}
+    cases = cases or {"no_augmentation": ({"enabled": False}, 1), "geometry_rim_pooled": (geometry, 0),
+                      "geometry_rim_excluded": (geometry, 1)}
     out = {}
     for name, (aug, erode) in cases.items():
         torch.manual_seed(0)

@@ -26,12 +26,43 @@ def _rand(gen: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)
 
 
+#: A warped inside-mask indicator at least this is "fully inside": bilinear weights of a
+#: footprint wholly in the mask sum to 1 up to float32 rounding (~1e-7).
+FULLY_INSIDE = 1.0 - 1e-5
+
+
+def inside_mask(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, D, H, W)`` float 1/0: voxels of a masked crop ``x`` ``(B, 2, D, H, W)`` that are
+    inside the ROI neighbourhood, read from the data (outside is exactly 0 in both sequences;
+    a tissue voxel at exactly 0 in T1 *and* FS reads as outside, which costs at most its
+    interpolation neighbours)."""
+    return (x != 0).any(dim=1, keepdim=True).to(torch.float32)
+
+
+def resolve_masked(cfg: AugmentConfig, roi_mask_mm: float | None) -> AugmentConfig:
+    """``cfg`` with ``masked='auto'`` resolved from the dataset's ``roi_mask_mm`` (its
+    fingerprint's preprocessing parameters): ``on`` for a masked dataset, ``off`` otherwise.
+    An explicit ``on``/``off`` is kept."""
+    if cfg.masked != "auto":
+        return cfg
+    return cfg.replace(masked="on" if roi_mask_mm is not None else "off")
+
+
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, seed: int, epoch: int, step: int) -> torch.Tensor:
-    """Augment ``x`` ``(B, 2, D, H, W)`` in [0, 1]; returns a new tensor of the same shape/dtype.
+    """Augment ``x`` ``(B, 2, D, H, W)`` (channels T1, FS) in [0, 1]; returns a new tensor of
+    the same shape, dtype and device.
 
     Geometry (shared by T1 and FS): left-right flip (W), in-plane rotation about the D
     axis, isotropic zoom, in-plane translation (``translate``); border padding is zero (background).  Intensity: per case and
-    per sequence ``x * (1 + a) + b``, clipped back to [0, 1]."""
+    per sequence ``x * (1 + a) + b``, clipped back to [0, 1].
+
+    ``cfg.masked == 'on'`` (a crop masked to the ROI, outside exactly 0 in both sequences):
+    the inside indicator (:func:`inside_mask`) is warped with the same grid, every output
+    voxel whose warped indicator is below :data:`FULLY_INSIDE` is set to exactly 0 (no
+    tissue/background blends at the rim), and the intensity jitter applies inside only (the
+    background stays exactly 0).  ``off``/``auto``: the plain augmentation above.  Both draw
+    the same random numbers from the ``(seed, epoch, step)`` generator, so the geometry of a
+    batch is the same either way and deterministic per ``(seed, epoch, step)``."""
     if not cfg.enabled:
         return x
     if x.dim() != 5 or x.shape[1] != 2:
@@ -59,13 +90,22 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, seed: int, epoch: int, st
     theta[:, 0, 3] = move[:, 0]  # W
     theta[:, 1, 3] = move[:, 1]  # H
     needs_warp = bool(cfg.rotate_deg > 0 or cfg.scale > 0 or cfg.translate > 0 or flip.any())
+    masked = cfg.masked == "on"
     out = x
+    keep = inside_mask(x) if masked else None
     if needs_warp:
         work = x.float()
+        if masked:  # one resampling for the image and its indicator: the same grid, independent channels
+            work = torch.cat([work, keep], dim=1)
         # non_blocking: a small pageable host->GPU copy that need not make the host wait
         grid = F.affine_grid(theta.to(device=x.device, dtype=work.dtype, non_blocking=True), list(work.shape),
                              align_corners=False)
         out = F.grid_sample(work, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if masked:
+            out, keep = out[:, :2], out[:, 2:]
     out = out.float() * (1.0 + gain.to(out.device, torch.float32, non_blocking=True).view(b, 2, 1, 1, 1))
     out = out + shift.to(out.device, torch.float32, non_blocking=True).view(b, 2, 1, 1, 1)
-    return out.clamp_(0.0, 1.0).to(x.dtype)
+    out = out.clamp_(0.0, 1.0)
+    if masked:  # outside, and the rim whose footprint reaches outside: exactly 0 whatever the jitter
+        out = out * (keep >= FULLY_INSIDE).to(out.dtype)
+    return out.to(x.dtype)

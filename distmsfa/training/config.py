@@ -19,6 +19,10 @@ LR_SCHEDULES = ("constant", "cosine")
 COMPILE_MODES = ("auto", "on", "off")
 
 
+#: ``AugmentConfig.masked`` values.
+MASKED_MODES = ("auto", "on", "off")
+
+
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig(Config):
     """Batch augmentation on the device, identical geometry for T1 and FS of a case.
@@ -28,7 +32,17 @@ class AugmentConfig(Config):
     rotation (about the D axis, the coronal slab's normal).  ``scale``: max relative
     isotropic zoom.  ``intensity_scale`` / ``intensity_shift``: max per-sequence
     multiplicative / additive jitter (each sequence draws its own, since the two come
-    from different acquisitions)."""
+    from different acquisitions).
+
+    ``masked``: whether the crops are masked to the ROI neighbourhood (voxels outside it are
+    exactly 0 in both sequences; ``PreprocessConfig.roi_mask_mm``).  ``on``: the warp keeps
+    only voxels whose whole interpolation footprint lies inside the case's mask (no blend
+    of tissue and background at the rim) and the intensity jitter acts inside the mask only
+    (the background stays exactly 0).  ``off``: the plain augmentation (rim blends, shifted
+    background).  ``auto`` (default): the CV runner sets ``on`` when the dataset was
+    preprocessed with ``roi_mask_mm`` and ``off`` otherwise (read from its fingerprint, and
+    recorded resolved in the run's ``run.json``); :func:`augment_batch` called directly
+    with ``auto`` augments as ``off``.  YAML's bare ``on``/``off`` (booleans) are accepted."""
 
     enabled: bool = True
     flip_prob: float = 0.5
@@ -39,9 +53,14 @@ class AugmentConfig(Config):
     # Random in-plane translation, a fraction of the crop's extent along H and W (0.05 = up to
     # +-5 %); 0 (default) draws nothing, so runs without it are unchanged.
     translate: float = 0.0
+    masked: str = "auto"
 
     def __post_init__(self) -> None:
         n = type(self).__name__
+        if isinstance(self.masked, bool):  # YAML 1.1 reads a bare on/off as a boolean
+            object.__setattr__(self, "masked", "on" if self.masked else "off")
+        require(self.masked in MASKED_MODES, n, f"masked={self.masked!r} must be one of {', '.join(MASKED_MODES)} "
+                                                 f"(auto: follow the dataset's roi_mask_mm)")
         require(0.0 <= self.flip_prob <= 1.0, n, f"flip_prob={self.flip_prob} must be in [0, 1]")
         require(0.0 <= self.rotate_deg <= 45.0, n, f"rotate_deg={self.rotate_deg} must be in [0, 45] (small rotations)")
         require(0.0 <= self.scale < 0.5, n, f"scale={self.scale} must be in [0, 0.5)")

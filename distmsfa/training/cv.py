@@ -20,6 +20,7 @@ import pandas as pd
 
 from distmsfa.config import ConfigError
 from distmsfa.training import outputs as out_files
+from distmsfa.training.augment import resolve_masked
 from distmsfa.training.batches import FoldRows, PlainSource, fold_rows
 from distmsfa.training.config import CVConfig, TrainConfig
 from distmsfa.training.loop import LAST_FILE, fit_fold, load_state
@@ -191,6 +192,7 @@ def run_cv(data: str | os.PathLike[str], model: str, config: str | Path | Mappin
         registry.create_model(model)  # raises the registry's "did you mean" error
     index = read_index(data)
     fold_ids = _select_folds(index, ccfg.folds)
+    tcfg = tcfg.replace(augment=resolve_masked(tcfg.augment, _dataset_roi_mask_mm(data)))  # recorded resolved
     run_dir = Path(out) if out is not None else _default_run_dir(model)
     run_dir = run_dir.resolve()
     record = {"data": data, "model": model, "folds": fold_ids, "train": tcfg.to_dict(), "cv": ccfg.to_dict(),
@@ -220,6 +222,18 @@ def run_cv(data: str | os.PathLike[str], model: str, config: str | Path | Mappin
         else:
             errors = _run_ray(data, index, todo, tcfg, ccfg, run_dir, address, event, live)
     return _finish(run_dir, fold_ids, tcfg, model, errors, console)
+
+
+def _dataset_roi_mask_mm(data: str) -> Optional[float]:
+    """The dataset's ``roi_mask_mm`` from its fingerprint (None: unmasked, or no fingerprint)."""
+    from distmsfa.data.index import FINGERPRINT_FILE, read_bytes
+
+    try:
+        params = json.loads(read_bytes(data, FINGERPRINT_FILE)).get("params") or {}
+    except (FileNotFoundError, OSError, ValueError):
+        return None  # a dataset without a fingerprint was not built with roi_mask_mm by distmsfa preprocess
+    v = params.get("roi_mask_mm")
+    return None if v is None else float(v)
 
 
 def _run_plain(data, index, todo, tcfg, run_dir, resume, event, live) -> dict[int, Optional[str]]:
@@ -319,7 +333,8 @@ def _finish(run_dir: Path, fold_ids: list[int], tcfg: TrainConfig, model: str,
         raise CVError("no fold finished: " + "; ".join(f"fold {f}: {e}" for f, e in failed.items()))
     summary, oof, ext = summarize_run(done, tcfg.threshold, tcfg.threshold_value, tcfg.selection)
     summary.update(model=model, folds_done=sorted(done), folds_failed={str(k): v for k, v in failed.items()},
-                   epochs=tcfg.epochs, run_dir=str(run_dir))
+                   epochs=tcfg.epochs, run_dir=str(run_dir),
+                   augment_masked=tcfg.augment.masked)
     oof.to_csv(run_dir / OOF_CSV, index=False)
     oof.to_parquet(run_dir / OOF_PARQUET, index=False)
     if ext is not None:
