@@ -31,6 +31,7 @@ from torch import nn
 from distmsfa.config import Config, require
 from distmsfa.models.base import MultiSequenceModel
 from distmsfa.models.blocks import HEAD_POOLS, freeze_lists, Head, ResBlock3d, build_config, check_triples, total_stride
+from distmsfa.models.front import NORMALIZE, InputFront
 from distmsfa.models.losses import LOSS_KINDS, make_loss
 from distmsfa.models.msfa import MSFA
 from distmsfa.models.registry import register_model
@@ -53,6 +54,10 @@ class MSFANetConfig(Config):
     prediction: str = "primary"  # primary (fuse head) | mean (of heads)
     dropout: float = 0.0
     head_pool: str = "avg"  # avg (paper) | max | avgmax: the heads' global pooling (blocks.Head)
+    # Input front (front.py; docs/models.md "Input front"): all off = the paper's network.
+    input_norm: str = "none"  # none | roi_median (each sequence / its median over the ROI)
+    morph: int = 0  # 0 | odd >= 3: in-plane grey closing (T1) / opening (FS) window
+    input_erode: int = 0  # voxels of in-plane ROI rim zeroed by the front (the augmentation's blended rim)
 
     def __post_init__(self) -> None:
         n = type(self).__name__
@@ -74,6 +79,18 @@ class MSFANetConfig(Config):
         require(self.prediction in ("primary", "mean"), n, f"prediction must be 'primary' or 'mean', got {self.prediction!r}")
         require(0.0 <= self.dropout < 1.0, n, f"dropout must be in [0, 1), got {self.dropout}")
         require(self.head_pool in HEAD_POOLS, n, f"head_pool must be one of {HEAD_POOLS}, got {self.head_pool!r}")
+        require(self.input_norm in NORMALIZE, n,
+                f"input_norm must be one of {NORMALIZE} (roi_median: divide each sequence by its ROI median), "
+                f"got {self.input_norm!r}")
+        require(isinstance(self.morph, int) and not isinstance(self.morph, bool)
+                and (self.morph == 0 or (self.morph >= 3 and self.morph % 2 == 1)), n,
+                f"morph must be 0 (off) or an odd in-plane window >= 3 (e.g. 3), got {self.morph!r}")
+        require(isinstance(self.input_erode, int) and not isinstance(self.input_erode, bool) and self.input_erode >= 0, n,
+                f"input_erode must be an int >= 0 (voxels of in-plane ROI rim to zero), got {self.input_erode!r}")
+
+    @property
+    def front_on(self) -> bool:
+        return self.input_norm != "none" or self.morph > 0 or self.input_erode > 0
 
     @property
     def total_stride(self) -> tuple[int, int, int]:
@@ -102,6 +119,11 @@ class MSFANet(MultiSequenceModel):
         super().__init__(make_loss(cfg.loss, heads, "fuse", cfg.log_weight_bound), cfg.prediction)
         self.cfg = cfg
         self.sequences = tuple(cfg.sequences)
+        # The front is parameter-free (no state_dict keys) and left out when off, so the default
+        # network is today's bit for bit.  Its output is a ratio to the ROI median (marrow ~1,
+        # STIR-bright ~3-6) instead of [0, 1]: the first conv needs no change, as the BatchNorm
+        # after it (and on its skip) rescales whatever range the input has.
+        self.front = InputFront(self.sequences, cfg.input_norm, cfg.morph, cfg.input_erode) if cfg.front_on else None
         w0, w1, w2, w3 = cfg.widths
         s0, s1, s2, s3 = cfg.strides
         self.shallow = nn.Sequential(ResBlock3d(1, w0, s0), ResBlock3d(w0, w1, s1))
@@ -121,7 +143,12 @@ class MSFANet(MultiSequenceModel):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         b = x.shape[0]
-        stacked = torch.cat([self.select(x, s) for s in self.sequences], 0)
+        if self.front is not None:
+            # (B, S, D, H, W) in self.sequences order, background 0; back to the input's dtype.
+            v = self.front(x)[0].to(x.dtype if x.is_floating_point() else torch.float32)
+            stacked = torch.cat(v.split(1, 1), 0)
+        else:
+            stacked = torch.cat([self.select(x, s) for s in self.sequences], 0)
         f = self.shallow(stacked).split(b, 0)
         a = {s: self.branch1[s](fs) for s, fs in zip(self.sequences, f)}
         out = {s: self.heads[s](self.branch2[s](a[s])) for s in self.branch2}

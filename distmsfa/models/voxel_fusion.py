@@ -38,12 +38,12 @@ import dataclasses
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from distmsfa.config import Config, require
-from distmsfa.models.base import SEQUENCE_INDEX, MultiSequenceModel
+from distmsfa.models.base import MultiSequenceModel
 from distmsfa.models.blocks import build_config, freeze_lists
+from distmsfa.models.front import InputFront, roi_mask  # noqa: F401  (roi_mask: re-exported)
 from distmsfa.models.losses import make_loss
 from distmsfa.models.registry import register_model
 
@@ -102,14 +102,6 @@ def _out_width(cfg: VoxelFusionConfig) -> int:
     return cfg.conv3 or cfg.widths[-1]
 
 
-def roi_mask(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, D, H, W) background-subtracted -> (B, 1, D, H, W) bool: voxels where any channel
-    is above the background (all voxels if none is)."""
-    m = (x > 0).any(1, keepdim=True)
-    empty = ~m.flatten(1).any(1)
-    return m | empty.view(-1, 1, 1, 1, 1)
-
-
 def masked_pool(f: torch.Tensor, mask: torch.Tensor, pool: str, topk_frac: float) -> torch.Tensor:
     """(B, C, D, H, W) features, (B, 1, D, H, W) mask -> (B, C) or (B, 2C) for meanmax."""
     m = mask.to(f.dtype).flatten(2)
@@ -149,35 +141,12 @@ class VoxelFeatures(nn.Module):
         # linear head and the MLP below it learn at a normal learning rate (eps 1e-8: the
         # across-case variance of a mean over thousands of voxels can be below the default 1e-5).
         self.norm = nn.BatchNorm1d(self.out_features, eps=1e-8) if cfg.head_norm else nn.Identity()
+        # Parameter-free: adds no state_dict keys (bundles of earlier probes still load).
+        self.front = InputFront(self.sequences, cfg.normalize, cfg.morph, cfg.erode)
 
     def prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Read sequences -> (B, S, D, H, W) normalized (+ morphology), and the ROI mask."""
-        v = torch.cat([x[:, SEQUENCE_INDEX[s] : SEQUENCE_INDEX[s] + 1] for s in self.sequences], 1).float()
-        # Background = each case's and sequence's minimum (0 on a masked crop, but the
-        # training augmentation's intensity shift lifts it): subtracting it keeps the mask
-        # and the median ratio the same in training and evaluation.
-        v = v - v.flatten(2).amin(-1).view(*v.shape[:2], 1, 1, 1)
-        mask = roi_mask(v)
-        if self.cfg.erode:
-            # The geometry augmentation's bilinear warp blends the ROI's rim with the zero
-            # background: rim voxels look dark on both sequences and would be "lesions".
-            k = 2 * self.cfg.erode + 1
-            eroded = -F.max_pool3d(-mask.float(), (1, k, k), 1, (0, self.cfg.erode, self.cfg.erode)) > 0.5
-            mask = eroded | ~eroded.flatten(1).any(1).view(-1, 1, 1, 1, 1)  # an all-rim ROI keeps its voxels
-        if self.cfg.normalize == "roi_median":
-            flat = v.flatten(2).masked_fill(~mask.flatten(2), float("nan"))
-            med = flat.nanmedian(-1).values.clamp_min(1e-3)
-            v = v / med.view(*med.shape, 1, 1, 1)
-        if self.cfg.morph:
-            k, p = (1, self.cfg.morph, self.cfg.morph), (0, self.cfg.morph // 2, self.cfg.morph // 2)
-            dil = lambda t: F.max_pool3d(t, k, 1, p)  # noqa: E731
-            ero = lambda t: -F.max_pool3d(-t, k, 1, p)  # noqa: E731
-            chans = []
-            for i, s in enumerate(self.sequences):
-                t = v[:, i : i + 1]
-                chans.append(ero(dil(t)) if s == "t1" else dil(ero(t)))  # T1: closing, FS: opening
-            v = torch.cat(chans, 1)
-        return v * mask, mask
+        """Read sequences -> (B, S, D, H, W) normalized (+ morphology), and the ROI mask (front.py)."""
+        return self.front(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v, mask = self.prepare(x)
