@@ -155,3 +155,30 @@ def test_config_errors_say_how_to_fix(bad, match):
         create_model("msfanet", preset="tiny", **bad)
     with pytest.raises(ConfigError):
         InputFront(("t1", "fs"), bad.get("input_norm", "none"), bad.get("morph", 0), bad.get("input_erode", 0))
+
+
+@pytest.mark.parametrize("name", ["msfanet", "baseline_fs"])
+def test_search_space_accepts_the_front_options(name):
+    from distmsfa.hpo.space import apply_point, parse_space
+
+    space = parse_space({"model.input_norm": {"choice": ["none", "roi_median"]}, "model.morph": {"choice": [0, 3, 5]},
+                         "model.input_erode": {"choice": [0, 1]}}, name)
+    assert space["model.morph"].choices == (0, 3, 5)
+    with pytest.raises(ConfigError, match="input_norm"):
+        parse_space({"model.input_norm": {"choice": [1]}}, name)  # not a str
+    train = apply_point({"train": {"model": name}}, {"model.input_norm": "roi_median", "model.morph": 3})["train"]
+    net = create_model(name, preset="tiny", **train["model_cfg"])
+    assert (net.cfg.input_norm, net.cfg.morph) == ("roi_median", 3)
+
+
+@pytest.mark.parametrize("name", ["msfanet", "baseline_t1"])
+def test_gradcam_with_the_front_on(name):
+    from distmsfa.models import gradcam
+
+    torch.manual_seed(0)
+    net = create_model(name, preset="tiny", input_norm="roi_median", morph=3, input_erode=1)
+    x = masked_input(1)[0]
+    maps = gradcam(net, x)
+    assert set(maps) and all(m.shape == SHAPE and torch.isfinite(torch.as_tensor(m)).all() for m in maps.values())
+    fuse = torch.as_tensor(maps["fuse"])
+    assert fuse.abs().sum() > 0
