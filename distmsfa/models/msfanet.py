@@ -18,6 +18,11 @@ Single-sequence Baselines (``sequences=('t1',)``) keep the shallow module, the s
 branch (head named after the sequence) and the fuse-branch block over that sequence alone
 (head "fuse", the primary), so 'bce' and 'hybrid' mean the same as for the two-sequence nets.
 
+Input front (``input_norm``, ``morph``, ``input_erode``; front.py, docs/models.md): off by
+default (the network above, bit for bit); on, each read sequence is background-subtracted,
+divided by its ROI median, closed (T1) / opened (FS) in-plane and masked before the shallow
+module.
+
 Any input size works (convs pad; odd sizes round up); sizes divisible by the total stride
 ``prod(strides)`` [(4, 16, 16)] keep Grad-CAM maps aligned voxel-for-voxel.
 """
