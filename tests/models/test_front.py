@@ -111,16 +111,18 @@ def test_morph3_removes_a_thin_line_but_keeps_a_blob(seq):
     # FS: a bright line (cleft) is opened away; T1: a dark line (cortex) is closed.
     tissue, feature = (1.0, 4.0) if seq == "fs" else (1.0, 0.3)
     one = _line_and_blob(tissue, feature)
-    x = torch.cat([one, one], 1) if seq == "t1" else torch.cat([torch.zeros_like(one), one], 1)
-    x[:, 0][x[:, 0] == 0] = 0  # T1 channel of the FS case stays background: only FS is read
-    front = InputFront((seq,), "none", morph=3)
-    v, mask = front(x if seq == "t1" else x)
-    v = v[0, 0]
+    if seq == "fs":
+        one[:, :, 3, 18:28, 18:28] = feature  # a one-slice plate: in-plane it is wide, so it stays
+    x = torch.cat([one, torch.zeros_like(one)] if seq == "t1" else [torch.zeros_like(one), one], 1)
+    v = InputFront((seq,), "none", morph=3)(x)[0][0, 0]
     plain = InputFront((seq,), "none")(x)[0][0, 0]
     assert torch.allclose(plain[3, 16, 10], torch.tensor(feature))  # without morph the line is there
     assert torch.allclose(v[3, 16, 4:28], torch.full((24,), tissue))  # gone
     assert torch.allclose(v[3, 5:10, 5:10], torch.full((5, 5), feature))  # the blob stays
-    assert torch.allclose(v[3, 20:25, 20:25], torch.full((5, 5), tissue))
+    if seq == "fs":  # the window is in-plane (1 x 3 x 3): a 3D opening would remove the plate
+        assert torch.allclose(v[3, 18:28, 18:28], torch.full((10, 10), feature))
+    else:
+        assert torch.allclose(v[3, 20:25, 20:25], torch.full((5, 5), tissue))
 
 
 def test_background_stays_zero_after_the_front():
@@ -182,3 +184,14 @@ def test_gradcam_with_the_front_on(name):
     assert set(maps) and all(m.shape == SHAPE and torch.isfinite(torch.as_tensor(m)).all() for m in maps.values())
     fuse = torch.as_tensor(maps["fuse"])
     assert fuse.abs().sum() > 0
+
+
+def test_front_under_bf16_autocast():
+    torch.manual_seed(0)
+    net = create_model("msfanet", preset="tiny", input_norm="roi_median", morph=3)
+    x = masked_input()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+    loss, _ = net.loss(out, torch.tensor([0.0, 1.0]))
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(v).all() for v in out.values())
