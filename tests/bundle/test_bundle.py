@@ -283,6 +283,7 @@ def test_last_checkpoint_of_a_run_with_weight_averaging_exports_the_averaged_wei
     run_cv(tiny_data, "msfanet", profile="cpu", plain=True, out=run, progress=False,
            overrides={"epochs": 2, "batch_size": 4, "num_threads": 1, "selection": "last", "ema_decay": 0.8})
     assert json.loads((run / "run.json").read_text())["train"]["ema_decay"] == 0.8  # recorded with the run
+    assert json.loads((run / "summary.json").read_text())["ema_decay"] == 0.8
     b = export_bundle(run, tmp_path / "last", checkpoint="last", threshold_policy="fixed")
     meta = verify_bundle(b)
     for f in (0, 1):
