@@ -197,8 +197,8 @@ def export_bundle(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     """Make a bundle at ``out`` from the finished CV run in ``run_dir``; return its path.
 
     ``checkpoint``: ``"selected"`` = each fold's ``best.pt`` (the run's selection rule),
-    ``"last"`` = each fold's ``last.pt`` (its validation predictions are recomputed from the
-    dataset, so threshold and CV metrics describe the exported models).  ``threshold_policy``:
+    ``"last"`` = each fold's ``last.pt``, the EMA's weights when the run averaged them
+    (``train.ema_decay``; its validation predictions are recomputed from the dataset, so threshold and CV metrics describe the exported models).  ``threshold_policy``:
     ``"youden"`` (Youden's J on the pooled out-of-fold predictions) or ``"fixed"`` (the run's
     ``train.threshold_value``, 0.5 by default)."""
     from distmsfa.bundle.card import write_model_card
@@ -234,7 +234,9 @@ def export_bundle(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], 
     for f in folds:
         path = run_dir / "folds" / f"fold{f}" / (BEST_FILE if checkpoint == "selected" else LAST_FILE)
         ckpt = _load_checkpoint(path)
-        state = {k: v.detach().cpu().contiguous().clone() for k, v in ckpt["model"].items() if torch.is_tensor(v)}
+        # last.pt of a run with weight averaging (train.ema_decay): the EMA's weights, the ones it scored
+        weights = ckpt["ema"]["model"] if checkpoint == "last" and ckpt.get("ema") else ckpt["model"]
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in weights.items() if torch.is_tensor(v)}
         try:  # the weights must fit the recorded model before they go into a bundle
             models[f] = build_fold_model(name, model_cfg, state, rt)
         except (RuntimeError, KeyError, TypeError, ValueError) as exc:

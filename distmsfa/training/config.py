@@ -104,7 +104,15 @@ class TrainConfig(Config):
     (eval-mode BatchNorm treats cases independently).  A compiled step that fails where the
     eager one runs (a compiler bug such as pytorch/pytorch#171622): ``auto`` goes on eagerly
     with one warning, ``on`` stops with a one-line error naming ``compile: off``.  See
-    docs/training.md "GPU speed"."""
+    docs/training.md "GPU speed".
+
+    ``ema_decay``: 0 (default) = off; in (0, 1) = an exponential moving average of the
+    weights (and BatchNorm statistics) is updated after every optimizer step, and every
+    evaluation and the kept checkpoint use it instead of the raw weights (0.99-0.999 usual;
+    the horizon is about ``1 / (1 - ema_decay)`` steps).  ``ema_warmup``: the decay of the
+    update after ``n`` updates is ``min(ema_decay, (1 + n) / (10 + n))`` so the early average
+    follows the fast-moving first steps (:mod:`distmsfa.training.ema`; docs/training.md,
+    "Weight averaging (EMA)")."""
 
     model: str = "msfanet"
     model_cfg: dict[str, Any] = field(default_factory=dict)
@@ -127,6 +135,8 @@ class TrainConfig(Config):
     inner_fraction: float = 0.2
     inner_seed: int = 0
     compile: str = "auto"
+    ema_decay: float = 0.0
+    ema_warmup: bool = True
 
     def __post_init__(self) -> None:
         n = type(self).__name__
@@ -155,6 +165,11 @@ class TrainConfig(Config):
             object.__setattr__(self, "compile", "on" if self.compile else "off")
         require(self.compile in COMPILE_MODES, n,
                 f"compile={self.compile!r}; use one of {COMPILE_MODES} (auto = on for CUDA, off on CPU)")
+        require(isinstance(self.ema_decay, (int, float)) and not isinstance(self.ema_decay, bool)
+                and 0.0 <= self.ema_decay < 1.0, n,
+                f"ema_decay={self.ema_decay!r} must be in [0, 1): 0 = no weight averaging, e.g. 0.99 or 0.999 "
+                f"to average over about 100 or 1000 steps")
+        require(isinstance(self.ema_warmup, bool), n, f"ema_warmup={self.ema_warmup!r} must be true or false")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -334,7 +334,8 @@ def _finish(run_dir: Path, fold_ids: list[int], tcfg: TrainConfig, model: str,
     summary, oof, ext = summarize_run(done, tcfg.threshold, tcfg.threshold_value, tcfg.selection)
     summary.update(model=model, folds_done=sorted(done), folds_failed={str(k): v for k, v in failed.items()},
                    epochs=tcfg.epochs, run_dir=str(run_dir),
-                   augment_masked=tcfg.augment.masked)
+                   augment_masked=tcfg.augment.masked,
+                   ema_decay=tcfg.ema_decay)  # > 0: every estimate scored the weights' moving average
     oof.to_csv(run_dir / OOF_CSV, index=False)
     oof.to_parquet(run_dir / OOF_PARQUET, index=False)
     if ext is not None:

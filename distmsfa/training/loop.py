@@ -22,6 +22,7 @@ from distmsfa.training.augment import augment_batch
 from distmsfa.training.batches import Batch, BatchSource
 from distmsfa.training.config import TrainConfig
 from distmsfa.training.distributed import DistContext, gather_predictions, reduce_train_metrics
+from distmsfa.training.ema import WeightEMA
 from distmsfa.training.schedule import make_scheduler
 from distmsfa.training.speed import (CompiledModel, CompileTracker, DevicePrefetcher, EpochSums, fixed_size,
                                      make_optimizer, pad_to, sum_logs, use_compile)
@@ -123,7 +124,8 @@ def _forward(model, x: torch.Tensor, rt: Runtime) -> dict[str, torch.Tensor]:
 
 def train_steps(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, epoch: int, rt: Runtime, *,
                 compiled: Optional[CompiledModel | torch.nn.Module] = None, tracker: Optional[CompileTracker] = None,
-                net: Optional[torch.nn.Module] = None, dist: Optional[DistContext] = None) -> EpochSums:
+                net: Optional[torch.nn.Module] = None, dist: Optional[DistContext] = None,
+                ema: Optional[WeightEMA] = None) -> EpochSums:
     """The steps of one training epoch, without a single host sync: the loss and log sums
     stay on the device (read them with ``.read()``), and so does the non-finite-loss
     check (the epoch fails when read, naming the first bad step).  ``compiled``: the
@@ -132,7 +134,7 @@ def train_steps(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, ep
     ``TrainConfig.compile``); a failing compiled step falls back to eager or raises.
     ``net``: the module the steps run through when not compiled (DDP around ``model`` on
     several ranks; default ``model``); ``dist``: this rank's place in the fold's DDP group
-    (distinct augmentation draws)."""
+    (distinct augmentation draws).  ``ema``: updated from ``model`` after every optimizer step."""
     model.train()
     eager = model if net is None else net
     guard = None if compiled is None else CompiledModel.of(compiled, model)
@@ -161,6 +163,8 @@ def train_steps(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, ep
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
+        if ema is not None:
+            ema.update(model)
         tracker.end(rt.device)
         b = int(y.shape[0])
         lv = loss.detach()
@@ -173,10 +177,11 @@ def train_steps(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, ep
 
 def train_epoch(model, optimizer, batches: Iterable[Batch], cfg: TrainConfig, epoch: int, rt: Runtime, *,
                 compiled: Optional[CompiledModel | torch.nn.Module] = None, tracker: Optional[CompileTracker] = None,
-                net: Optional[torch.nn.Module] = None, dist: Optional[DistContext] = None) -> dict[str, float]:
+                net: Optional[torch.nn.Module] = None, dist: Optional[DistContext] = None,
+                ema: Optional[WeightEMA] = None) -> dict[str, float]:
     """One training epoch's metrics (this rank's): :func:`train_steps`, then one device->host transfer."""
     return train_steps(model, optimizer, batches, cfg, epoch, rt, compiled=compiled, tracker=tracker, net=net,
-                       dist=dist).read()
+                       dist=dist, ema=ema).read()
 
 
 def _aug_step(step: int, dist: Optional[DistContext]) -> int:
@@ -326,6 +331,10 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
         optimizer, opt_impl = make_optimizer(model.param_groups(cfg.weight_decay), cfg.lr, rt.device)
         scheduler = make_scheduler(optimizer, cfg)
         net = model if dist is None else dist.wrap(model, rt.device)
+        # EMA of the weights (cfg.ema_decay > 0): every rank keeps one; DDP keeps the parameters
+        # equal on all ranks, and its buffers are made rank 0's by sync_state after each epoch,
+        # so every rank evaluates (and rank 0 checkpoints) the same averaged weights.
+        ema = WeightEMA(model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
         history: list[dict[str, float]] = []
         best = {"auc": math.nan, "loss": math.inf, "epoch": -1}  # by the fold's validation cases
         best_inner = {"auc": math.nan, "loss": math.inf, "epoch": -1}  # by the inner split
@@ -348,6 +357,11 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
             preds = dict(resume.get("preds", {}))
             resumed_from = int(resume["epoch"])
             start = resumed_from + 1
+            if ema is not None:
+                if resume.get("ema") is not None:
+                    ema.load_state_dict(resume["ema"])
+                else:  # a checkpoint written without EMA: the average starts from its weights
+                    ema.start_from(model)
             sel_weights = resume.get("best_model")
             if sel_weights is None and out_dir and os.path.exists(os.path.join(out_dir, BEST_FILE)):
                 sel_weights = load_state(os.path.join(out_dir, BEST_FILE))["model"]
@@ -369,11 +383,18 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
             t0 = time.perf_counter()
             torch.manual_seed(cfg.seed * 1_000_003 + epoch + _rank_offset(dist))  # dropout etc.: same on resume
             tr = train_epoch(model, optimizer, source.train_batches(epoch), cfg, epoch, rt, net=net, dist=dist,
-                             **fast)
+                             ema=ema, **fast)
             if dist is not None:
                 tr = reduce_train_metrics(dist.all_gather(tr))
                 dist.sync_state(model)  # every rank scores with rank 0's BatchNorm statistics
+                if ema is not None:
+                    dist.sync_state(ema.module)  # and so does the EMA
             t_train = time.perf_counter() - t0
+            # Scored and kept below: the EMA's weights when on, swapped into ``model`` (its
+            # compiled / DDP views stay valid) and swapped out before the checkpoint.  Not a
+            # ``with`` block: an exception ends the fit, and the weights left in ``model`` then.
+            scoring = contextlib.nullcontext() if ema is None else ema.swapped(model)
+            scoring.__enter__()
             lr_used = float(optimizer.param_groups[0]["lr"])
             scheduler.step()  # the next epoch's lr; stepped before the checkpoint below
             ev = evaluate(model, source.val_batches(), rt, pad_to_size=pad, dist=dist, **fast)
@@ -410,10 +431,13 @@ def fit_fold(cfg: TrainConfig, source: BatchSource, fold: int, *, out_dir: str |
                 if out_dir and (cfg.selection != "last" or epoch == cfg.epochs - 1):
                     _atomic_save({"model": sel_weights, "epoch": epoch, "metrics": metrics, "config": cfg.to_dict(),
                                   "fold": fold, "selection": cfg.selection}, os.path.join(out_dir, BEST_FILE))
+            scoring.__exit__(None, None, None)  # the training weights again
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "epoch": epoch,
                      "history": history, "best": best, "best_inner": best_inner, "preds": preds,
                      "config": cfg.to_dict(), "fold": fold}
+            if ema is not None:
+                state["ema"] = ema.state_dict()
             if not out_dir:
                 state["best_model"] = sel_weights
             last = out_dir and (save_last_every_epoch or epoch == cfg.epochs - 1)

@@ -272,3 +272,34 @@ def test_the_bundle_core_imports_no_ray(tiny_bundle):
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_last_checkpoint_of_a_run_with_weight_averaging_exports_the_averaged_weights(tiny_data, tmp_path):
+    """train.ema_decay: the run scored the EMA's weights every epoch, so a `last` bundle must hold
+    them (not last.pt's raw training weights): its recomputed fold AUCs are the history's last."""
+    from distmsfa.training.cv import run_cv
+
+    run = tmp_path / "run"
+    run_cv(tiny_data, "msfanet", profile="cpu", plain=True, out=run, progress=False,
+           overrides={"epochs": 2, "batch_size": 4, "num_threads": 1, "selection": "last", "ema_decay": 0.8})
+    assert json.loads((run / "run.json").read_text())["train"]["ema_decay"] == 0.8  # recorded with the run
+    assert json.loads((run / "summary.json").read_text())["ema_decay"] == 0.8
+    b = export_bundle(run, tmp_path / "last", checkpoint="last", threshold_policy="fixed")
+    meta = verify_bundle(b)
+    for f in (0, 1):
+        last = torch.load(run / "folds" / f"fold{f}" / "last.pt", map_location="cpu", weights_only=False)
+        assert any(not torch.equal(v, last["model"][k]) for k, v in last["ema"]["model"].items()
+                   if v.is_floating_point())
+        hist = pd.read_csv(run / "folds" / f"fold{f}" / "history.csv")
+        fold_auc, want = meta["cv_metrics"]["folds"][str(f)]["auc"], hist["val_auc"].iloc[-1]
+        assert (np.isnan(want) and fold_auc is None) or fold_auc == pytest.approx(want, abs=1e-6)
+    # and the prediction equals last.pt's EMA weights scored by hand
+    _, x = _cases(tiny_data, external=True)
+    probs = []
+    for f in (0, 1):
+        last = torch.load(run / "folds" / f"fold{f}" / "last.pt", map_location="cpu", weights_only=True)
+        model = registry.create_model("msfanet", preset="tiny")
+        model.load_state_dict(last["ema"]["model"])
+        with torch.no_grad():
+            probs.append(model.eval().predict_proba(model(torch.from_numpy(x))).numpy())
+    np.testing.assert_allclose(load_bundle(b, device="cpu").predict(x)["fold_probs"], np.stack(probs, 1), atol=1e-6)

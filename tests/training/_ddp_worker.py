@@ -8,12 +8,12 @@ import pickle
 TINY = {"preset": "tiny"}
 
 
-def cfg_dict(epochs: int = 2) -> dict:
+def cfg_dict(epochs: int = 2, ema_decay: float = 0.0) -> dict:
     return {"model_cfg": TINY, "epochs": epochs, "batch_size": 4, "lr": 1e-3, "precision": "fp32",
-            "selection": "last", "num_threads": 1, "seed": 0}
+            "selection": "last", "num_threads": 1, "seed": 0, "ema_decay": ema_decay}
 
 
-def run_rank(rank: int, world: int, port: int, root: str, out: str) -> None:
+def run_rank(rank: int, world: int, port: int, root: str, out: str, ema_decay: float = 0.0) -> None:
     import torch.distributed as dist
 
     from distmsfa.data.index import read_index
@@ -25,7 +25,7 @@ def run_rank(rank: int, world: int, port: int, root: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        cfg = TrainConfig.from_dict(cfg_dict())
+        cfg = TrainConfig.from_dict(cfg_dict(ema_decay=ema_decay))
         rows = fold_rows(read_index(root), 0, "last")
         src = PlainSource(root, rows.train, rows.val, cfg.batch_size, cfg.seed, workers=1, external=rows.external,
                           rank=rank, world=world)

@@ -87,11 +87,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow  # ~26 s on the 2-core machine (two processes start torch and train 2 epochs)
-def test_two_gloo_ranks_score_exactly_what_one_process_scores_with_the_same_weights(tiny_dataset, tmp_path):
+@pytest.mark.slow  # ~26 s each on the 2-core machine (two processes start torch and train 2 epochs)
+@pytest.mark.parametrize("ema_decay", [0.0, 0.8])  # 0.8: every rank scores the same (rank 0's) EMA, best.pt holds it
+def test_two_gloo_ranks_score_exactly_what_one_process_scores_with_the_same_weights(tiny_dataset, tmp_path, ema_decay):
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker.run_rank, args=(2, _free_port(), str(tiny_dataset), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker.run_rank, args=(2, _free_port(), str(tiny_dataset), str(tmp_path), ema_decay), nprocs=2,
+             join=True)
     r0, r1 = (pickle.loads((tmp_path / f"rank{r}.pkl").read_bytes()) for r in (0, 1))
     # only rank 0 wrote the fold's files
     assert sorted(os.listdir(tmp_path / "fold")) == ["best.pt", "last.pt"]
@@ -99,7 +101,7 @@ def test_two_gloo_ranks_score_exactly_what_one_process_scores_with_the_same_weig
     # every rank ends with the same, gathered, metrics (same selection decisions)
     for k in ("val_auc", "val_loss", "train_loss", "train_samples"):
         assert [h[k] for h in r0["history"]] == [h[k] for h in r1["history"]], k
-    cfg = TrainConfig.from_dict(_ddp_worker.cfg_dict())
+    cfg = TrainConfig.from_dict(_ddp_worker.cfg_dict(ema_decay=ema_decay))
     rows = fold_rows(read_index(tiny_dataset), 0, "last")
     # the fold's training cases were split between the ranks, each case once per epoch
     assert r0["history"][0]["train_samples"] == len(epoch_plan(list(rows.train["case_id"]), 0, 0, cfg.batch_size))
@@ -107,6 +109,8 @@ def test_two_gloo_ranks_score_exactly_what_one_process_scores_with_the_same_weig
     assert list(r0["predictions"]["case_id"]) == sorted(rows.val["case_id"])
     # one process, the same weights (best.pt = the last epoch), every validation case
     state = load_state(str(tmp_path / "fold" / "best.pt"))
+    if ema_decay:
+        assert load_state(str(tmp_path / "fold" / "last.pt"))["ema"]["updates"] > 0
     rt = resolve_runtime("fp32", "cpu")
     model = build_model(cfg, rt)
     model.load_state_dict(state["model"])
