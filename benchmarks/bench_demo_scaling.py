@@ -67,7 +67,7 @@ def main() -> None:
     idx = pd.read_parquet(data / "index.parquet")
     out = {"what": __doc__.splitlines()[0], "n_cases": int(len(idx)),
            "cases_by_site_label": {f"{s}/{lab}": int(c) for (s, lab), c in idx.groupby(["site", "label"]).size().items()},
-           "data_fingerprint": json.loads((data / "fingerprint.json").read_text()).get("fingerprint"),
+           "preprocess_params_fingerprint": json.loads((data / "fingerprint.json").read_text()).get("fingerprint"),
            "build_s": build_s, "feature_ceiling": ceiling, "bench": bench,
            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}}
     if args.ref_bench:

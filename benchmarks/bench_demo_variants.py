@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--model", default="msfanet")
     ap.add_argument("--ref", required=True, help="the variant name every other one is compared with")
     ap.add_argument("--variant", action="append", required=True, help="NAME=BENCH_JSON,OOF_CSV (repeat)")
+    ap.add_argument("--seeds", default=None, help="only these seeds (e.g. 0,1,2: the ones every variant ran)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--note", default="")
     args = ap.parse_args()
@@ -61,11 +62,14 @@ def main() -> None:
         raise SystemExit(f"--ref {args.ref!r} is not one of the --variant names {sorted(variants)}")
     ref_bench, ref_oof = variants[args.ref]
     out = {"what": __doc__.splitlines()[0], "model": args.model, "reference": args.ref, "variants": {}, "note": args.note,
+           "seeds_filter": args.seeds,
            "machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform()}}
     for name, (bench, oof) in variants.items():
         seeds, per_seed = [], {}
         for s, ps in bench["per_seed"].items():
             run = ps["runs"].get(args.model)
+            if args.seeds is not None and s not in args.seeds.split(","):
+                continue
             if not run or len(run.get("folds_done", [])) < 4:
                 continue
             row = figures(run)
