@@ -57,7 +57,7 @@ def main() -> None:
     bench_out = work / f"bench-{args.tag}.json"
     cmd = [sys.executable, str(HERE / "bench_demo_models.py"), "--work", str(work), "--data", str(data), "--tag", args.tag,
            "--models", args.models, "--seeds", args.seeds, "--train", args.train, "--threads", str(args.threads),
-           "--out", str(bench_out)]
+           "--out", str(bench_out), "--oof-csv", str(work / f"oof-{args.tag}.csv")]
     if args.collect_only:
         cmd.append("--collect-only")
     subprocess.run(cmd, check=True)
@@ -70,6 +70,19 @@ def main() -> None:
            "preprocess_params_fingerprint": json.loads((data / "fingerprint.json").read_text()).get("fingerprint"),
            "build_s": build_s, "feature_ceiling": ceiling, "bench": bench,
            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()}}
+    # paired DeLong between every two models of a seed (pooled out-of-fold, same cases)
+    from itertools import combinations
+
+    from distmsfa.evaluation.stats import delong_paired_test
+
+    oof = pd.read_csv(work / f"oof-{args.tag}.csv")
+    out["paired_delong_pooled_oof"] = {}
+    for s, g in oof.groupby("seed"):
+        for a, b in combinations(sorted(g.model.unique()), 2):
+            m = g[g.model == a].merge(g[g.model == b], on=["case_id", "label"], suffixes=("_a", "_b"))
+            auc_a, auc_b, z, p = delong_paired_test(m["label"], m["prob_a"].to_numpy(), m["prob_b"].to_numpy())
+            out["paired_delong_pooled_oof"][f"s{s}:{a}_vs_{b}"] = {"auc_a": auc_a, "auc_b": auc_b, "z": z, "p": p,
+                                                                   "n": int(len(m))}
     if args.ref_bench:
         out["reference_120_bench"] = json.loads(Path(args.ref_bench).read_text())
     if args.ref_ceiling:
