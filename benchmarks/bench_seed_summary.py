@@ -8,7 +8,8 @@ case scored by the model of the fold that held it out, nothing chosen on it) and
 - the **ordering** of issue 15 per seed: fused model > concatenation > the better single
   sequence (the single model with the higher pooled AUC in that seed), each step with its paired
   DeLong test on the pooled out-of-fold predictions, and how many seeds hold each step and the
-  whole ordering;
+  whole ordering; the same counts on the fold-mean AUC (``fold_mean``), which can rank two close
+  models the other way;
 - the **seed ensemble**: each case's mean probability over the seeds (still honest: every
   member of a case's mean was trained without it), with its fold-mean and pooled AUC, i.e. how
   much of the gap to a goal is the variance of one training run rather than what the data allow.
@@ -84,13 +85,21 @@ def summarise(oof: pd.DataFrame, fused: str = "msfanet", concat: str = "baseline
                                 "step1_significant": f_c["auc_a"] > f_c["auc_b"] and f_c["p"] < alpha,
                                 "step2_significant": c_s["auc_a"] > c_s["auc_b"] and c_s["p"] < alpha}
             per_seed[str(s)]["ordering_holds"] = per_seed[str(s)]["step1_ahead"] and per_seed[str(s)]["step2_ahead"]
+            # the same on the CV's own figure (mean of the per-fold AUCs), which can rank differently
+            fm = {m: out["models"][m]["per_seed"][str(s)]["fold_mean_auc"] for m in (fused, concat, *present)}
+            best_fm = max(present, key=fm.get)
+            per_seed[str(s)]["fold_mean"] = {"better_single": best_fm, "auc": fm,
+                                             "step1_ahead": fm[fused] > fm[concat], "step2_ahead": fm[concat] > fm[best_fm]}
+            per_seed[str(s)]["fold_mean"]["ordering_holds"] = fm[fused] > fm[concat] > fm[best_fm]
         count = lambda k: int(sum(v[k] for v in per_seed.values()))  # noqa: E731
         out["ordering"] = {"fused": fused, "concat": concat, "singles": present, "seeds": [int(s) for s in seeds],
                            "per_seed": per_seed, "n_seeds": len(seeds),
                            "seeds_step1_ahead": count("step1_ahead"), "seeds_step2_ahead": count("step2_ahead"),
                            "seeds_step1_significant": count("step1_significant"),
                            "seeds_step2_significant": count("step2_significant"),
-                           "seeds_ordering_holds": count("ordering_holds")}
+                           "seeds_ordering_holds": count("ordering_holds"),
+                           "fold_mean": {k: int(sum(v["fold_mean"][k] for v in per_seed.values()))
+                                         for k in ("step1_ahead", "step2_ahead", "ordering_holds")}}
     return out
 
 
@@ -117,7 +126,8 @@ def main() -> None:
     if o := res["ordering"]:
         print(f"ordering {o['fused']} > {o['concat']} > better single: holds in {o['seeds_ordering_holds']} of "
               f"{o['n_seeds']} seeds (step 1 ahead {o['seeds_step1_ahead']}, p<0.05 {o['seeds_step1_significant']}; "
-              f"step 2 ahead {o['seeds_step2_ahead']}, p<0.05 {o['seeds_step2_significant']})")
+              f"step 2 ahead {o['seeds_step2_ahead']}, p<0.05 {o['seeds_step2_significant']}); on the fold-mean AUC "
+              f"in {o['fold_mean']['ordering_holds']} of {o['n_seeds']}")
 
 
 if __name__ == "__main__":

@@ -85,3 +85,16 @@ def test_the_script_writes_json_and_refuses_overlapping_csvs(tmp_path):
 def test_missing_columns_are_named():
     with pytest.raises(ValueError, match="fold"):
         summarise(_frame().drop(columns="fold"))
+
+
+def test_the_fold_mean_ordering_is_counted_on_the_fold_mean_auc_not_the_pooled_one():
+    # a fused model that ranks within each fold perfectly but is offset between folds:
+    # fold-mean AUC 1, pooled AUC below the concatenation's
+    fold = (np.arange(N) // 2) % 4
+    fused = LABELS * 0.1 + fold * 1.0
+    concat = LABELS + 1.5 * np.random.default_rng(2).random(N)
+    df = pd.DataFrame(_rows("msfanet", 0, fused) + _rows("baseline", 0, concat) + _rows("baseline_fs", 0, 0.3 * LABELS + np.random.default_rng(3).random(N)))
+    o = summarise(df)["ordering"]["per_seed"]["0"]
+    assert o["fold_mean"]["auc"]["msfanet"] == pytest.approx(1.0)
+    assert o["msfanet_vs_baseline"]["auc_a"] < o["msfanet_vs_baseline"]["auc_b"]
+    assert o["step1_ahead"] is False and o["fold_mean"]["step1_ahead"] is True
