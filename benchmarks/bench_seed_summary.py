@@ -39,6 +39,12 @@ def _pooled_auc(df: pd.DataFrame, col: str = "prob") -> float:
     return float(roc_auc_score(df["label"], df[col]))
 
 
+def _ahead(a: float, b: float) -> bool:
+    """``a`` beats ``b``; equal AUCs that differ only in float rounding (the same ranks summed in
+    another order) are a tie, not a win."""
+    return a - b > 1e-9
+
+
 def _paired(a: pd.DataFrame, b: pd.DataFrame) -> dict:
     from distmsfa.evaluation.stats import delong_paired_test
 
@@ -81,16 +87,18 @@ def summarise(oof: pd.DataFrame, fused: str = "msfanet", concat: str = "baseline
             best_single = max(present, key=lambda m: _pooled_auc(x[m]))
             f_c, c_s = _paired(x[fused], x[concat]), _paired(x[concat], x[best_single])
             per_seed[str(s)] = {"better_single": best_single, f"{fused}_vs_{concat}": f_c, f"{concat}_vs_single": c_s,
-                                "step1_ahead": f_c["auc_a"] > f_c["auc_b"], "step2_ahead": c_s["auc_a"] > c_s["auc_b"],
-                                "step1_significant": f_c["auc_a"] > f_c["auc_b"] and f_c["p"] < alpha,
-                                "step2_significant": c_s["auc_a"] > c_s["auc_b"] and c_s["p"] < alpha}
+                                "step1_ahead": _ahead(f_c["auc_a"], f_c["auc_b"]), "step2_ahead": _ahead(c_s["auc_a"], c_s["auc_b"]),
+                                "step1_significant": _ahead(f_c["auc_a"], f_c["auc_b"]) and f_c["p"] < alpha,
+                                "step2_significant": _ahead(c_s["auc_a"], c_s["auc_b"]) and c_s["p"] < alpha}
             per_seed[str(s)]["ordering_holds"] = per_seed[str(s)]["step1_ahead"] and per_seed[str(s)]["step2_ahead"]
             # the same on the CV's own figure (mean of the per-fold AUCs), which can rank differently
             fm = {m: out["models"][m]["per_seed"][str(s)]["fold_mean_auc"] for m in (fused, concat, *present)}
             best_fm = max(present, key=fm.get)
             per_seed[str(s)]["fold_mean"] = {"better_single": best_fm, "auc": fm,
-                                             "step1_ahead": fm[fused] > fm[concat], "step2_ahead": fm[concat] > fm[best_fm]}
-            per_seed[str(s)]["fold_mean"]["ordering_holds"] = fm[fused] > fm[concat] > fm[best_fm]
+                                             "step1_ahead": _ahead(fm[fused], fm[concat]),
+                                             "step2_ahead": _ahead(fm[concat], fm[best_fm])}
+            per_seed[str(s)]["fold_mean"]["ordering_holds"] = (per_seed[str(s)]["fold_mean"]["step1_ahead"]
+                                                               and per_seed[str(s)]["fold_mean"]["step2_ahead"])
         count = lambda k: int(sum(v[k] for v in per_seed.values()))  # noqa: E731
         out["ordering"] = {"fused": fused, "concat": concat, "singles": present, "seeds": [int(s) for s in seeds],
                            "per_seed": per_seed, "n_seeds": len(seeds),

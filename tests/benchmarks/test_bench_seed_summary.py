@@ -98,3 +98,16 @@ def test_the_fold_mean_ordering_is_counted_on_the_fold_mean_auc_not_the_pooled_o
     assert o["fold_mean"]["auc"]["msfanet"] == pytest.approx(1.0)
     assert o["msfanet_vs_baseline"]["auc_a"] < o["msfanet_vs_baseline"]["auc_b"]
     assert o["step1_ahead"] is False and o["fold_mean"]["step1_ahead"] is True
+
+
+def test_equal_aucs_are_a_tie_not_a_win():
+    from bench_seed_summary import _ahead
+
+    # seed 0 of the 120-case runs: MSFANet and Baseline have the same fold-mean AUC, summed from
+    # different fold AUCs, and differ in the last bit
+    assert _ahead(0.7045454545454546, 0.7045454545454545) is False
+    assert _ahead(0.7045454545454546, 0.7045454545454545 - 1e-6) is True
+    p = LABELS * 0.5 + np.random.default_rng(4).random(N)
+    df = pd.DataFrame(_rows("msfanet", 0, p) + _rows("baseline", 0, p * 2.0 + 1.0) + _rows("baseline_fs", 0, np.random.default_rng(5).random(N)))
+    o = summarise(df)["ordering"]["per_seed"]["0"]
+    assert o["step1_ahead"] is False and o["fold_mean"]["step1_ahead"] is False
