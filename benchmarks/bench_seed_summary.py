@@ -80,11 +80,15 @@ def summarise(oof: pd.DataFrame, fused: str = "msfanet", concat: str = "baseline
                               "fold_mean_auc": _fold_mean_auc(wide, "ens"), "pooled_auc": _pooled_auc(wide, "ens")}}
     present = [s for s in singles if s in models]
     if fused in models and concat in models and present:
-        seeds = sorted(set.intersection(*(set(out["models"][m]["seeds"]) for m in (fused, concat, *present))))
+        # a seed counts where the fused, the concatenation and at least one single model ran; the
+        # better single is chosen among the singles that ran in that seed
+        has = {m: set(out["models"][m]["seeds"]) for m in (fused, concat, *present)}
+        seeds = sorted((has[fused] & has[concat]) & set.union(*(has[m] for m in present)))
         per_seed = {}
         for s in seeds:
-            x = {m: oof[(oof.model == m) & (oof.seed == s)] for m in (fused, concat, *present)}
-            best_single = max(present, key=lambda m: _pooled_auc(x[m]))
+            singles_s = [m for m in present if s in has[m]]
+            x = {m: oof[(oof.model == m) & (oof.seed == s)] for m in (fused, concat, *singles_s)}
+            best_single = max(singles_s, key=lambda m: _pooled_auc(x[m]))
             f_c, c_s = _paired(x[fused], x[concat]), _paired(x[concat], x[best_single])
             per_seed[str(s)] = {"better_single": best_single, f"{fused}_vs_{concat}": f_c, f"{concat}_vs_single": c_s,
                                 "step1_ahead": _ahead(f_c["auc_a"], f_c["auc_b"]), "step2_ahead": _ahead(c_s["auc_a"], c_s["auc_b"]),
@@ -92,15 +96,16 @@ def summarise(oof: pd.DataFrame, fused: str = "msfanet", concat: str = "baseline
                                 "step2_significant": _ahead(c_s["auc_a"], c_s["auc_b"]) and c_s["p"] < alpha}
             per_seed[str(s)]["ordering_holds"] = per_seed[str(s)]["step1_ahead"] and per_seed[str(s)]["step2_ahead"]
             # the same on the CV's own figure (mean of the per-fold AUCs), which can rank differently
-            fm = {m: out["models"][m]["per_seed"][str(s)]["fold_mean_auc"] for m in (fused, concat, *present)}
-            best_fm = max(present, key=fm.get)
+            fm = {m: out["models"][m]["per_seed"][str(s)]["fold_mean_auc"] for m in (fused, concat, *singles_s)}
+            best_fm = max(singles_s, key=fm.get)
             per_seed[str(s)]["fold_mean"] = {"better_single": best_fm, "auc": fm,
                                              "step1_ahead": _ahead(fm[fused], fm[concat]),
                                              "step2_ahead": _ahead(fm[concat], fm[best_fm])}
             per_seed[str(s)]["fold_mean"]["ordering_holds"] = (per_seed[str(s)]["fold_mean"]["step1_ahead"]
                                                                and per_seed[str(s)]["fold_mean"]["step2_ahead"])
         count = lambda k: int(sum(v[k] for v in per_seed.values()))  # noqa: E731
-        out["ordering"] = {"fused": fused, "concat": concat, "singles": present, "seeds": [int(s) for s in seeds],
+        out["ordering"] = {"fused": fused, "concat": concat, "singles": present, "singles_per_seed": {str(s): [m for m in present if s in has[m]] for s in seeds},
+                           "seeds": [int(s) for s in seeds],
                            "per_seed": per_seed, "n_seeds": len(seeds),
                            "seeds_step1_ahead": count("step1_ahead"), "seeds_step2_ahead": count("step2_ahead"),
                            "seeds_step1_significant": count("step1_significant"),

@@ -111,3 +111,13 @@ def test_equal_aucs_are_a_tie_not_a_win():
     df = pd.DataFrame(_rows("msfanet", 0, p) + _rows("baseline", 0, p * 2.0 + 1.0) + _rows("baseline_fs", 0, np.random.default_rng(5).random(N)))
     o = summarise(df)["ordering"]["per_seed"]["0"]
     assert o["step1_ahead"] is False and o["fold_mean"]["step1_ahead"] is False
+
+
+def test_a_single_model_run_in_fewer_seeds_does_not_shrink_the_seeds_counted():
+    df = _frame()
+    df = df[~((df.model == "baseline_t1") & (df.seed > 0))]  # T1 alone ran in seed 0 only
+    o = summarise(df)["ordering"]
+    assert o["seeds"] == [0, 1, 2] and o["seeds_ordering_holds"] == 2
+    assert o["singles_per_seed"] == {"0": ["baseline_fs", "baseline_t1"], "1": ["baseline_fs"], "2": ["baseline_fs"]}
+    df = df[~((df.model == "baseline_fs") & (df.seed == 2))]  # seed 2: no single model at all
+    assert summarise(df)["ordering"]["seeds"] == [0, 1]
